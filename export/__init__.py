@@ -1,0 +1,1 @@
+"""Export: Janus checkpoints (HF or original deepseek-ai format) -> ONNX bundle. Needs torch + transformers."""

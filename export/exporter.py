@@ -1,0 +1,176 @@
+"""Checkpoint -> bundle: the seven ONNX graphs, the text-embedding table, the tokenizer and manifest.json.
+
+Written to a temp dir beside `out`, then renamed: a failed export leaves nothing at `out`.
+Graphs are traced with torch's TorchScript ONNX exporter (`dynamo=False`): it exports the whole Pro-1B LM in
+seconds, where `dynamo=True` failed on the cache arguments' dynamic shapes and is far slower on big graphs.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from janus_edge import contract as C
+from janus_edge.errors import InputError
+
+from .checkpoint import LoadedCheckpoint, load_checkpoint
+from .graphs import build_module
+
+
+EXAMPLE_SIZES = {"rows": 2, "n": 2, "seq": 3, "past": 5}  # >1 each, so the tracer keeps them symbolic
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+OPSET = 17
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass
+class ExportOptions:
+    dtype: str = "float32"
+    force: bool = False
+    graphs: tuple[str, ...] = C.GRAPHS
+    external_data_threshold: int = 1 << 30  # graphs with more weight bytes than this keep them in NAME.onnx.data
+    progress: bool = True
+
+
+def model_dims(ck: LoadedCheckpoint) -> C.ModelDims:
+    tc, vc, qc = ck.config.text_config, ck.config.vision_config, ck.config.vq_config
+    return C.ModelDims(
+        hidden_size=tc.hidden_size, num_layers=tc.num_hidden_layers, num_heads=tc.num_attention_heads,
+        num_kv_heads=tc.num_key_value_heads, head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
+        vocab_size=tc.vocab_size, image_vocab_size=qc.num_embeddings, num_image_tokens=vc.num_image_tokens,
+        image_size=vc.image_size, max_position_embeddings=tc.max_position_embeddings)
+
+
+def example_inputs(spec: C.GraphSpec, dims: C.ModelDims, tdtype: torch.dtype) -> tuple:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for t in spec.inputs:
+        shape = [EXAMPLE_SIZES[x] if isinstance(x, str) else x for x in t.dims]
+        if t.name == "position_ids":
+            out.append(torch.arange(shape[1]).repeat(shape[0], 1) + EXAMPLE_SIZES["past"])
+        elif t.name == "codes":
+            out.append(torch.randint(0, dims.image_vocab_size, shape, generator=g))
+        elif t.name == "cfg_weight":
+            out.append(torch.full(shape, 5.0, dtype=tdtype))
+        else:
+            out.append(torch.randn(shape, generator=g).to(tdtype))
+    return tuple(out)
+
+
+def dynamic_axes(spec: C.GraphSpec) -> dict:
+    return {t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str)} for t in (*spec.inputs, *spec.outputs)}
+
+
+def _log(opts: ExportOptions, msg: str) -> None:
+    if opts.progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def export_graph(name: str, model, spec: C.GraphSpec, dims: C.ModelDims, path: str, opts: ExportOptions) -> list[str]:
+    """Export one graph to `path`; returns the sidecar (external data) file names written beside it."""
+    import onnx
+
+    module = build_module(name, model)
+    args = example_inputs(spec, dims, TORCH_DTYPES[opts.dtype])
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    external = weight_bytes > opts.external_data_threshold
+    target = path if not external else os.path.join(os.path.dirname(path), f".raw-{name}", os.path.basename(path))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(module, args, target, input_names=[t.name for t in spec.inputs],
+                          output_names=[t.name for t in spec.outputs], dynamic_axes=dynamic_axes(spec),
+                          opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    if not external:
+        return []
+    # The tracer writes one file per large tensor; gather them into a single NAME.onnx.data.
+    proto = onnx.load(target, load_external_data=True)
+    data = os.path.basename(path) + ".data"
+    onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data,
+                    size_threshold=1024)
+    del proto
+    shutil.rmtree(os.path.dirname(target))
+    return [data]
+
+
+def _check_out(out: str, force: bool) -> None:
+    if os.path.exists(out) and not force:
+        raise InputError(f"output exists: {out} (use --force to replace it)")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise InputError(f"parent directory of --out does not exist: {parent}")
+
+
+def _place(tmp: str, out: str) -> None:
+    """Move the finished tmp dir to `out`, replacing an old `out` only now that the new one is complete."""
+    if os.path.exists(out):
+        trash = tmp + ".old"
+        os.replace(out, trash)
+        os.replace(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def export_bundle(checkpoint: str, out: str, dtype: str = "float32", force: bool = False,
+                  options: ExportOptions | None = None) -> str:
+    """Export `checkpoint` (HF or original Janus format) to a bundle at `out`. Returns `out`."""
+    opts = options or ExportOptions(dtype=dtype, force=force)
+    if opts.dtype not in TORCH_DTYPES:
+        raise InputError(f"unsupported --dtype {opts.dtype!r}; choose one of {', '.join(TORCH_DTYPES)}")
+    _check_out(out, opts.force)
+    t0 = time.time()
+    ck = load_checkpoint(checkpoint, dtype=opts.dtype)
+    _log(opts, f"loaded {ck.format} checkpoint {checkpoint} in {time.time() - t0:.1f}s")
+    tmp = tempfile.mkdtemp(prefix=".janus-edge-export-", dir=os.path.dirname(os.path.abspath(out)))
+    try:
+        manifest = write_bundle(ck, tmp, opts)
+        manifest.save(tmp)
+        _place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _log(opts, f"bundle written to {out} in {time.time() - t0:.1f}s")
+    return out
+
+
+def write_bundle(ck: LoadedCheckpoint, d: str, opts: ExportOptions) -> C.Manifest:
+    dims = model_dims(ck)
+    specs = C.graph_specs(dims, opts.dtype)
+    graphs: dict[str, C.GraphEntry] = {}
+    for i, name in enumerate(opts.graphs, 1):
+        t = time.time()
+        _log(opts, f"[{i}/{len(opts.graphs)}] exporting {name} ...")
+        extra = export_graph(name, ck.model, specs[name], dims, os.path.join(d, f"{name}.onnx"), opts)
+        graphs[name] = C.GraphEntry(file=f"{name}.onnx", inputs=[s.to_json() for s in specs[name].inputs],
+                                    outputs=[s.to_json() for s in specs[name].outputs], precision=opts.dtype,
+                                    external_data=extra)
+        _log(opts, f"[{i}/{len(opts.graphs)}] {name} done in {time.time() - t:.1f}s")
+    table = ck.model.get_input_embeddings().weight.detach().to(TORCH_DTYPES[opts.dtype]).numpy()
+    np.save(os.path.join(d, "text_embed.npy"), table)
+    for f in TOKENIZER_FILES:
+        src = os.path.join(ck.tokenizer_dir, f)
+        if os.path.isfile(src):
+            shutil.copyfile(src, os.path.join(d, f))
+    if not os.path.isfile(os.path.join(d, "tokenizer.json")):
+        raise InputError(f"checkpoint has no tokenizer.json in {ck.tokenizer_dir}")
+    import transformers
+
+    return C.Manifest(
+        model={**dims.__dict__, "model_type": "janus", "source_format": ck.format},
+        special_tokens=dict(ck.special_tokens),
+        prompts=C.prompt_templates(ck.use_default_system_prompt),
+        image_preprocess=dict(ck.image_preprocess),
+        graphs=graphs,
+        text_embedding={"kind": "table", "file": "text_embed.npy", "dtype": opts.dtype, "shape": list(table.shape)},
+        tokenizer={"file": "tokenizer.json"},
+        files={f: C.sha256_file(os.path.join(d, f)) for f in sorted(os.listdir(d))},
+        dtype=opts.dtype,
+        producer={"janus_edge": __import__("janus_edge").__version__, "torch": torch.__version__,
+                  "transformers": transformers.__version__, "opset": OPSET},
+    )

@@ -1,0 +1,159 @@
+"""`janus-edge verify`: each graph of a bundle in ONNX Runtime against transformers on the same inputs, plus a
+whole-model check (prefill + decode steps through `lm` + `gen_head` against transformers' own cache and head)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from janus_edge import contract as C
+from janus_edge.errors import BundleError
+
+from .checkpoint import load_checkpoint
+from .exporter import EXAMPLE_SIZES, TORCH_DTYPES, example_inputs
+from .graphs import build_module
+
+# (max abs error relative to the reference's max magnitude, min cosine) per bundle float dtype
+TOLERANCE = {"float32": (1e-4, 0.99999), "float16": (2e-2, 0.999)}
+CODE_AGREEMENT = {"float32": 0.99, "float16": 0.9}  # vq_encoder: argmin over the codebook may flip on near-ties
+
+
+@dataclass
+class Row:
+    graph: str
+    max_abs_err: float
+    cosine: float
+    ok: bool
+    note: str = ""
+
+
+@dataclass
+class VerifyReport:
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+    def table(self) -> str:
+        lines = [f"{'graph':<22} {'max_abs_err':>12} {'cosine':>10}  status", "-" * 56]
+        for r in self.rows:
+            lines.append(f"{r.graph:<22} {r.max_abs_err:>12.3e} {r.cosine:>10.6f}  "
+                         f"{'ok' if r.ok else 'FAIL'}{'  ' + r.note if r.note else ''}")
+        return "\n".join(lines)
+
+
+def compare(name: str, got: np.ndarray, ref: np.ndarray, dtype: str) -> Row:
+    got, ref = np.asarray(got, np.float64).ravel(), np.asarray(ref, np.float64).ravel()
+    if got.shape != ref.shape:
+        return Row(name, float("inf"), 0.0, False, f"shape {got.shape} vs {ref.shape}")
+    err = float(np.max(np.abs(got - ref))) if got.size else 0.0
+    denom = np.linalg.norm(got) * np.linalg.norm(ref)
+    cos = float(got @ ref / denom) if denom > 0 else float(np.array_equal(got, ref))
+    rel_tol, cos_tol = TOLERANCE[dtype]
+    scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
+    ok = bool(np.isfinite(got).all() and err <= rel_tol * scale and cos >= cos_tol)
+    return Row(name, err, cos, ok)
+
+
+def _session(bundle: str, m: C.Manifest, graph: str):
+    import onnxruntime as ort
+
+    C.check_files(bundle, m, C.graph_files(m, graph))
+    return ort.InferenceSession(os.path.join(bundle, m.graphs[graph].file), providers=["CPUExecutionProvider"])
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def check_simple_graph(bundle, m, model, name, dtype) -> Row:
+    spec = m.graphs[name].spec(name)
+    args = example_inputs(spec, m.dims, TORCH_DTYPES[dtype])
+    if name in ("vq_decoder", "gen_embed", "lm_head", "gen_head", "vision", "vq_encoder"):
+        # other batch sizes than the export's example, so the symbolic dims are exercised
+        args = tuple(torch.cat([a, a[:1]]) if a.dim() > 1 else a for a in args)
+    with torch.no_grad():
+        ref = build_module(name, model)(*args)
+    got = _session(bundle, m, name).run(None, {t.name: _np(a) for t, a in zip(spec.inputs, args)})[0]
+    if name == "vq_encoder":
+        agree = float(np.mean(got == _np(ref)))
+        return Row(name, float(np.max(np.abs(got - _np(ref)))), agree, agree >= CODE_AGREEMENT[dtype],
+                   f"code agreement {agree:.4f}")
+    return compare(name, got, _np(ref), dtype)
+
+
+def _cache_feeds(dims: C.ModelDims, cache: list[np.ndarray]) -> dict:
+    """lm cache inputs in graph order (past_key.0, past_value.0, past_key.1, ...)."""
+    pk, pv, _, _ = C.lm_cache_names(dims.num_layers)
+    return dict(zip([n for pair in zip(pk, pv) for n in pair], cache))
+
+
+def check_lm_and_loop(bundle, m, model, dtype, steps: int = 4, prompt_len: int = 9) -> list[Row]:
+    """Prefill + `steps` CFG decode steps: ORT lm + gen_head vs transformers' language model (its own cache)
+    and generation head, fed the same embeddings and the same (reference-greedy) tokens."""
+    from transformers import DynamicCache
+
+    dims, tdt = m.dims, TORCH_DTYPES[dtype]
+    lm, head = _session(bundle, m, "lm"), _session(bundle, m, "gen_head")
+    g = torch.Generator().manual_seed(1)
+    rows, total = 2, prompt_len + steps
+    emb = model.get_input_embeddings()(torch.randint(0, dims.vocab_size, (rows, prompt_len), generator=g))
+    cache = [np.zeros((rows, dims.num_kv_heads, total, dims.head_dim), dtype) for _ in range(2 * dims.num_layers)]
+    ref_cache, w = DynamicCache(config=model.config.text_config), np.array([5.0], dtype)
+    hid_rows, logit_rows, new_kv_err = [], [], 0.0
+    pos = 0
+    with torch.no_grad():
+        for step in range(steps + 1):
+            S = emb.shape[1]
+            pos_ids = np.arange(pos, pos + S, dtype=np.int64)[None].repeat(rows, 0)
+            out = lm.run(None, {"inputs_embeds": _np(emb), "position_ids": pos_ids, **_cache_feeds(dims, cache)})
+            ref = model.model.language_model(inputs_embeds=emb, past_key_values=ref_cache, use_cache=True,
+                                             position_ids=torch.from_numpy(pos_ids))
+            for j in range(2 * dims.num_layers):
+                cache[j][:, :, pos:pos + S] = out[1 + j]
+            layer0 = ref_cache.layers[0]
+            new_kv_err = max(new_kv_err, float(np.max(np.abs(out[1] - _np(layer0.keys[:, :, pos:pos + S])))))
+            hid_rows.append((out[0][:, -1], _np(ref.last_hidden_state[:, -1])))
+            ref_logits = model.model.generation_head(ref.last_hidden_state[:, -1])
+            ref_cfg = ref_logits[1:] + 5.0 * (ref_logits[:1] - ref_logits[1:])
+            got = head.run(None, {"hidden": out[0][:, -1], "cfg_weight": w})[0]
+            logit_rows.append((got, _np(ref_cfg)))
+            token = ref_cfg.argmax(-1).repeat(2)[:, None]  # same token to both rows, as transformers does
+            emb = model.prepare_embeddings_for_image_generation(token).to(tdt)
+            pos += S
+    hid = compare(f"lm (prefill+{steps} steps)", *map(np.stack, zip(*hid_rows)), dtype)
+    hid.note = f"new K/V max err {new_kv_err:.2e}"
+    hid.ok = hid.ok and new_kv_err <= TOLERANCE[dtype][0] * 100
+    loop = compare(f"gen loop logits ({steps})", *map(np.stack, zip(*logit_rows)), dtype)
+    return [hid, loop]
+
+
+def verify_bundle(bundle: str, checkpoint: str, graphs: tuple[str, ...] = C.GRAPHS) -> VerifyReport:
+    try:
+        m = C.load_manifest(bundle)
+    except C.ContractError as e:
+        raise BundleError(str(e)) from None
+    dtype = m.dtype
+    model = load_checkpoint(checkpoint, dtype=dtype).model
+    report = VerifyReport()
+    for name in graphs:
+        if name == "lm":
+            report.rows += check_lm_and_loop(bundle, m, model, dtype)
+        else:
+            report.rows.append(check_simple_graph(bundle, m, model, name, dtype))
+    report.rows.append(check_text_table(bundle, m, model))
+    return report
+
+
+def check_text_table(bundle, m, model) -> Row:
+    C.check_files(bundle, m, [m.text_embedding["file"]])
+    table = np.load(os.path.join(bundle, m.text_embedding["file"]), mmap_mode="r")
+    ref = _np(model.get_input_embeddings().weight)
+    ids = np.unique(np.linspace(0, ref.shape[0] - 1, 257).astype(int))
+    return compare("text_embed (table)", table[ids], ref[ids], m.dtype)
+
+
+__all__ = ["VerifyReport", "verify_bundle", "EXAMPLE_SIZES"]

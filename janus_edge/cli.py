@@ -1,0 +1,151 @@
+"""`janus-edge` command line: argument parsing, progress and error lines over the public API, nothing more.
+
+Errors the user caused print one line `error: ...` on stderr and exit 2; internal failures exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from janus_edge.errors import USER_ERRORS
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def deco(fn):
+        COMMANDS[name] = fn
+        return fn
+    return deco
+
+
+@command("init-random")
+def _init_random(a) -> int:
+    from janus_edge.export.init_random import init_random
+
+    print(init_random(a.preset, a.out, seed=a.seed, force=a.force))
+    return 0
+
+
+@command("export")
+def _export(a) -> int:
+    from janus_edge.export.exporter import export_bundle
+
+    print(export_bundle(a.checkpoint, a.out, dtype=a.dtype, force=a.force))
+    return 0
+
+
+@command("verify")
+def _verify(a) -> int:
+    from janus_edge.export.verify import verify_bundle
+
+    report = verify_bundle(a.bundle, a.against)
+    print(report.table())
+    if not report.ok:
+        print("error: bundle out of tolerance against the reference", file=sys.stderr)
+        return 1
+    return 0
+
+
+@command("generate")
+def _generate(a) -> int:
+    from janus_edge.runtime.cli_support import run_generate
+
+    return run_generate(bundle=a.bundle, prompt=a.prompt, out=a.out, n=a.n, cfg=a.cfg, temperature=a.temperature,
+                        top_k=a.top_k, top_p=a.top_p, seed=a.seed, tokens_out=a.tokens_out, threads=a.threads,
+                        backend=a.backend)
+
+
+@command("chat")
+def _chat(a) -> int:
+    from janus_edge.runtime.cli_support import run_chat
+
+    return run_chat(bundle=a.bundle, images=a.image, question=a.question, max_new_tokens=a.max_new_tokens,
+                    temperature=a.temperature, top_p=a.top_p, seed=a.seed, threads=a.threads, backend=a.backend)
+
+
+@command("bench")
+def _bench(a) -> int:
+    from janus_edge.benchmarks.runner import BenchConfig, run_cli
+
+    cfg = BenchConfig(bundles=a.bundle, task=a.task, json_out=a.json, steps=a.steps, runs=a.runs, threads=a.threads,
+                      baseline=a.baseline, checkpoint=a.checkpoint, plot=a.plot, backend=a.backend)
+    return run_cli(cfg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="janus-edge", description="Janus / Janus-Pro on ONNX Runtime and TensorRT")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("init-random", help="write a random-weight HF-format checkpoint of a preset shape")
+    s.add_argument("--preset", required=True, choices=["tiny", "pro-1b", "pro-7b"])
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true", help="replace an existing --out")
+
+    s = sub.add_parser("export", help="checkpoint -> ONNX bundle")
+    s.add_argument("checkpoint")
+    s.add_argument("--out", required=True)
+    s.add_argument("--dtype", default="float32", choices=["fp32", "fp16", "float32", "float16"])
+    s.add_argument("--force", action="store_true", help="replace an existing --out")
+
+    s = sub.add_parser("verify", help="check each graph of a bundle against the PyTorch reference")
+    s.add_argument("bundle")
+    s.add_argument("--against", required=True, metavar="CKPT")
+
+    def runtime_opts(s):
+        s.add_argument("--backend", default="ort", choices=["ort", "trt"])
+        s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+        s.add_argument("--seed", type=int, default=None)
+        s.add_argument("--top-p", type=float, default=None)
+
+    s = sub.add_parser("generate", help="text -> image(s)")
+    s.add_argument("bundle")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--out", required=True, help="PNG path; with --n > 1, NAME_0.png, NAME_1.png, ...")
+    s.add_argument("--n", type=int, default=1)
+    s.add_argument("--cfg", type=float, default=5.0)
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--tokens-out", default=None, help="also save the image tokens as .npy")
+    runtime_opts(s)
+
+    s = sub.add_parser("chat", help="image(s) + question -> answer (streamed)")
+    s.add_argument("bundle")
+    s.add_argument("--image", action="append", default=[], required=True)
+    s.add_argument("--question", required=True)
+    s.add_argument("--max-new-tokens", type=int, default=256)
+    s.add_argument("--temperature", type=float, default=0.0)
+    runtime_opts(s)
+
+    s = sub.add_parser("bench", help="latency benchmark (t2i or chat), optionally against transformers")
+    s.add_argument("bundle", nargs="+", help="one or more bundles, measured in one run")
+    s.add_argument("--task", default="t2i", choices=["t2i", "chat"])
+    s.add_argument("--json", required=True, help="results file")
+    s.add_argument("--steps", type=int, default=None, help="decode steps to time (default: all image tokens)")
+    s.add_argument("--runs", type=int, default=1)
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--baseline", default=None, choices=["hf"])
+    s.add_argument("--checkpoint", default=None, help="checkpoint for --baseline hf")
+    s.add_argument("--plot", default=None, help="PNG of decode-step latency over step index")
+    s.add_argument("--backend", default="ort", choices=["ort", "trt"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "dtype", None) in ("fp32", "fp16"):
+        args.dtype = {"fp32": "float32", "fp16": "float16"}[args.dtype]
+    try:
+        return COMMANDS[args.cmd](args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

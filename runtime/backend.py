@@ -1,0 +1,70 @@
+"""The small interface every backend implements; the pipeline above it never knows which one runs.
+
+A backend opens graphs and owns buffers. The pipeline allocates every buffer of a request once (`alloc`), binds
+graphs to them (`Graph.bind`), and per step only moves data into/out of them (`write`, `read`, `kv_append`).
+On ONNX Runtime (CPU) buffers are numpy arrays bound zero-copy; a TensorRT backend binds device memory by
+name and may replace `kv_append` (and later sampling) with its native kernels, with the same math.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from janus_edge.contract import GraphSpec
+from janus_edge.errors import BackendUnavailable
+
+Buffer = Any  # numpy array on the CPU backends, a device allocation on GPU backends
+
+
+class Graph(ABC):
+    """One opened graph."""
+
+    spec: GraphSpec
+
+    @abstractmethod
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on host arrays, returning freshly allocated host outputs (one-off calls: prefill, vision, VQ)."""
+
+    @abstractmethod
+    def bind(self, inputs: dict[str, Buffer], outputs: dict[str, Buffer]) -> Callable[[], None]:
+        """Bind backend buffers to every input and output; the returned callable runs the graph in place."""
+
+
+class Backend(ABC):
+    name: str
+
+    @abstractmethod
+    def open(self, path: str, spec: GraphSpec) -> Graph: ...
+
+    @abstractmethod
+    def alloc(self, shape: Sequence[int], dtype: str, zero: bool = True) -> Buffer: ...
+
+    @abstractmethod
+    def write(self, buf: Buffer, value: np.ndarray) -> None:
+        """Copy a host array into a whole buffer."""
+
+    @abstractmethod
+    def read(self, buf: Buffer) -> np.ndarray:
+        """A host view/copy of a buffer."""
+
+    @abstractmethod
+    def view(self, buf: Buffer, shape: Sequence[int]) -> Buffer:
+        """The same memory under another shape (same element count)."""
+
+    @abstractmethod
+    def kv_append(self, cache: list[Buffer], new: list[Buffer], pos: int) -> None:
+        """cache[j][:, :, pos:pos+S] = new[j] for every layer's K and V (new: [rows, kvh, S, D])."""
+
+
+def get_backend(name: str, threads: int | None = None) -> Backend:
+    if name == "ort":
+        from .ort_backend import OrtBackend
+
+        return OrtBackend(threads=threads)
+    if name == "trt":
+        raise BackendUnavailable("backend 'trt' needs TensorRT engines from `janus-edge build`, which this version "
+                                 "does not have yet; use --backend ort")
+    raise BackendUnavailable(f"unknown backend {name!r}; choose 'ort' or 'trt'")

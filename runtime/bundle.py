@@ -1,0 +1,72 @@
+"""A bundle on disk: its manifest (checked), tokenizer, text-embedding table and lazily opened graphs."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from janus_edge import contract as C
+from janus_edge.errors import BundleError
+
+from .backend import Backend, Graph
+
+
+class Bundle:
+    def __init__(self, path: str, backend: Backend):
+        try:
+            self.manifest = C.load_manifest(path)
+        except C.ContractError as e:
+            raise BundleError(str(e)) from None
+        self.path, self.backend = path, backend
+        self.dims = self.manifest.dims
+        self.dtype = self.manifest.dtype
+        self.specs = {name: e.spec(name) for name, e in self.manifest.graphs.items()}
+        self._graphs: dict[str, Graph] = {}
+        self._table = None
+        self._tokenizer = None
+        self.tokens = self.manifest.special_tokens
+
+    def _check(self, files: list[str]) -> None:
+        try:
+            C.check_files(self.path, self.manifest, files)
+        except C.ContractError as e:
+            raise BundleError(str(e)) from None
+
+    def graph(self, name: str) -> Graph:
+        """Open a graph on first use (its files' sha256 checked then): t2i never loads `vision`."""
+        if name not in self._graphs:
+            self._check(C.graph_files(self.manifest, name))
+            path = os.path.join(self.path, self.manifest.graphs[name].file)
+            try:
+                self._graphs[name] = self.backend.open(path, self.specs[name])
+            except Exception as e:  # a graph that passed its sha256 but cannot be opened
+                raise BundleError(f"cannot open graph {name} ({path}): {str(e).splitlines()[0][:300]}") from None
+        return self._graphs[name]
+
+    @property
+    def loaded_graphs(self) -> list[str]:
+        return list(self._graphs)
+
+    @property
+    def text_table(self) -> np.ndarray:
+        if self._table is None:
+            te = self.manifest.text_embedding
+            if te.get("kind") != "table":
+                raise BundleError(f"unsupported text embedding kind {te.get('kind')!r}")
+            self._check([te["file"]])
+            self._table = np.load(os.path.join(self.path, te["file"]), mmap_mode="r")
+        return self._table
+
+    def embed_text(self, ids: np.ndarray) -> np.ndarray:
+        """ids [rows, S] -> embeddings [rows, S, H] in the bundle dtype."""
+        return np.ascontiguousarray(self.text_table[ids])
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            f = self.manifest.tokenizer["file"]
+            self._check([f])
+            self._tokenizer = Tokenizer.from_file(os.path.join(self.path, f))
+        return self._tokenizer

@@ -1,0 +1,80 @@
+"""What `janus-edge generate` and `janus-edge chat` do beyond the API: progress, output files, streaming."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+from janus_edge.errors import InputError
+
+from .pipeline import Pipeline
+
+
+def output_paths(out: str, n: int) -> list[str]:
+    """IMG.png for n == 1; IMG_0.png ... IMG_{n-1}.png otherwise."""
+    root, ext = os.path.splitext(out)
+    if ext.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
+        raise InputError(f"--out must end in .png (or .jpg/.webp/.bmp), got {out!r}")
+    return [out] if n == 1 else [f"{root}_{i}{ext}" for i in range(n)]
+
+
+def _atomic_save(write, path: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".janus-edge-", suffix=os.path.splitext(path)[1], dir=d)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _save_npy(path: str, a: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save must not append ".npy" to the temp name
+        np.save(fh, a)
+
+
+def run_generate(bundle: str, prompt: str, out: str, n: int = 1, cfg: float = 5.0, temperature: float = 1.0,
+                 top_k=None, top_p=None, seed=None, tokens_out=None, threads=None, backend="ort") -> int:
+    paths = output_paths(out, n) if isinstance(n, int) and n >= 1 else [out]
+    for p in paths + ([tokens_out] if tokens_out else []):
+        if not os.path.isdir(os.path.dirname(os.path.abspath(p))):
+            raise InputError(f"output directory does not exist: {os.path.dirname(os.path.abspath(p))}")
+    pipe = Pipeline.from_bundle(bundle, backend=backend, threads=threads)
+    bar = None
+    if sys.stdout.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=pipe.dims.num_image_tokens, desc="image tokens", unit="tok")
+    try:
+        res = pipe.generate_image(prompt, n=n, cfg_weight=cfg, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  seed=seed, on_step=(lambda i: bar.update(1)) if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    for img, p in zip(res.images, paths):
+        _atomic_save(img.save, p)  # the temp file keeps the extension: PIL picks the format
+        print(p)
+    if tokens_out:
+        _atomic_save(lambda t: _save_npy(t, res.tokens), tokens_out)
+        print(tokens_out)
+    steps = res.timings["step_s"]
+    if steps:
+        print(f"{len(res.images)} image(s), {n * 2 if cfg != 1 else n} rows/step, "
+              f"{1000 * float(np.median(steps)):.1f} ms/token (median), total {res.timings['total_s']:.1f} s",
+              file=sys.stderr)
+    return 0
+
+
+def run_chat(bundle: str, images: list[str], question: str, max_new_tokens: int = 256, temperature: float = 0.0,
+             top_p=None, seed=None, threads=None, backend="ort") -> int:
+    pipe = Pipeline.from_bundle(bundle, backend=backend, threads=threads)
+    for piece in pipe.chat_stream(question, images=images, max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_p=top_p, seed=seed):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0

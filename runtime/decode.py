@@ -1,0 +1,122 @@
+"""The decode loops, in one place above the backends: the KV cache, prefill, the CFG image-token loop, chat.
+
+Shapes (rows = 2n with CFG: n conditional rows then n unconditional; n without):
+    cache[j]        [rows, kvh, max_len, D]   allocated once per request at its final length, written in place
+    step embeds     [rows, 1, H]              gen_embed writes straight into the lm's input buffer
+    step hidden     [rows, 1, H]              viewed as [rows, H] by the heads
+Per image-token step: one gen_embed call, one lm call (all rows), one kv_append, one gen_head call, one sample.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from janus_edge import contract as C
+
+from .sampling import SamplingConfig, check_finite, sample
+
+
+class LMRunner:
+    """The lm graph over a preallocated cache: `prefill` (seq = prompt length) and `step` (seq = 1)."""
+
+    def __init__(self, bundle, rows: int, max_len: int):
+        self.b, self.be, d = bundle, bundle.backend, bundle.dims
+        self.rows, self.max_len, self.pos = rows, max_len, 0
+        self.graph = bundle.graph("lm")
+        shape = (rows, d.num_kv_heads, max_len, d.head_dim)
+        self.cache = [self.be.alloc(shape, bundle.dtype) for _ in range(2 * d.num_layers)]
+        self.io, self._run = self._bind(1)  # the decode step's buffers, reused every step
+
+    def _bind(self, seq: int):
+        d, be, dt = self.b.dims, self.be, self.b.dtype
+        io = {"inputs_embeds": be.alloc((self.rows, seq, d.hidden_size), dt),
+              "position_ids": be.alloc((self.rows, seq), "int64"),
+              "hidden_states": be.alloc((self.rows, seq, d.hidden_size), dt)}
+        pk, pv, nk, nv = C.lm_cache_names(d.num_layers)
+        past = [n for pair in zip(pk, pv) for n in pair]
+        self.new_names = [n for pair in zip(nk, nv) for n in pair]
+        for n in self.new_names:
+            io[n] = be.alloc((self.rows, d.num_kv_heads, seq, d.head_dim), dt)
+        inputs = {"inputs_embeds": io["inputs_embeds"], "position_ids": io["position_ids"], **dict(zip(past, self.cache))}
+        outputs = {n: io[n] for n in ["hidden_states", *self.new_names]}
+        return io, self.graph.bind(inputs, outputs)
+
+    def _advance(self, io, run, seq: int) -> None:
+        self.be.write(io["position_ids"], np.arange(self.pos, self.pos + seq, dtype=np.int64)[None].repeat(self.rows, 0))
+        run()
+        self.be.kv_append(self.cache, [io[n] for n in self.new_names], self.pos)
+        self.pos += seq
+
+    def prefill(self, embeds: np.ndarray) -> np.ndarray:
+        """embeds [rows, S, H] -> last hidden [rows, H] (host); also copied into the step's hidden buffer."""
+        seq = embeds.shape[1]
+        io, run = self._bind(seq)
+        self.be.write(io["inputs_embeds"], embeds)
+        self._advance(io, run, seq)
+        last = np.array(self.be.read(io["hidden_states"])[:, -1])
+        self.be.write(self.io["hidden_states"], last[:, None])
+        return last
+
+    def step(self) -> None:
+        """One position for all rows; the caller has written io['inputs_embeds']."""
+        self._advance(self.io, self._run, 1)
+
+
+def generate_image_tokens(bundle, prompt_ids: list[int], uncond: list[int] | None, n: int, cfg_weight: float,
+                          sampling: SamplingConfig, rng, on_step: Callable[[int], None] | None = None) -> np.ndarray:
+    """The CFG loop: -> tokens [n, num_image_tokens]. `uncond` None means no guidance rows (cfg_weight == 1)."""
+    be, d = bundle.backend, bundle.dims
+    T = d.num_image_tokens
+    rows_ids = [prompt_ids] * n + ([uncond] * n if uncond is not None else [])
+    lm = LMRunner(bundle, len(rows_ids), len(prompt_ids) + T)
+    lm.prefill(bundle.embed_text(np.asarray(rows_ids, np.int64)))
+    hidden = be.view(lm.io["hidden_states"], (lm.rows, d.hidden_size))
+    if uncond is None:  # gen_head always combines halves: feed [h; h] so that u + w(c - u) = h exactly
+        head_in, w = be.alloc((2 * n, d.hidden_size), bundle.dtype), 1.0
+    else:
+        head_in, w = hidden, cfg_weight
+    cfg = be.alloc((1,), bundle.dtype)
+    be.write(cfg, np.array([w], bundle.dtype))
+    logits = be.alloc((n, d.image_vocab_size), bundle.dtype)
+    codes = be.alloc((lm.rows, 1), "int64")
+    run_head = bundle.graph("gen_head").bind({"hidden": head_in, "cfg_weight": cfg}, {"logits": logits})
+    run_embed = bundle.graph("gen_embed").bind({"codes": codes}, {"embeds": lm.io["inputs_embeds"]})
+    tokens = np.zeros((n, T), np.int64)
+    for i in range(T):
+        if uncond is None:
+            h = be.read(hidden)
+            be.write(head_in, np.concatenate([h, h]))
+        run_head()
+        out = be.read(logits)
+        check_finite(out, "image-token")
+        tokens[:, i] = sample(out, sampling, rng)
+        if on_step is not None:
+            on_step(i)
+        if i == T - 1:
+            break
+        be.write(codes, np.tile(tokens[:, i], lm.rows // n)[:, None])  # same token to both rows of an image
+        run_embed()
+        lm.step()
+    return tokens
+
+
+def generate_text(bundle, embeds: np.ndarray, max_new_tokens: int, sampling: SamplingConfig, rng,
+                  stop_ids: set[int]) -> Iterator[int]:
+    """Chat decode (one row): embeds [1, S, H] -> yields new token ids until a stop id or max_new_tokens."""
+    be, d = bundle.backend, bundle.dims
+    lm = LMRunner(bundle, 1, embeds.shape[1] + max_new_tokens)
+    lm.prefill(embeds)
+    logits = be.alloc((1, d.vocab_size), bundle.dtype)
+    hidden = be.view(lm.io["hidden_states"], (1, d.hidden_size))
+    run_head = bundle.graph("lm_head").bind({"hidden": hidden}, {"logits": logits})
+    for i in range(max_new_tokens):
+        run_head()
+        out = be.read(logits)
+        check_finite(out, "text")
+        tok = int(sample(out, sampling, rng)[0])
+        yield tok
+        if tok in stop_ids or i == max_new_tokens - 1:
+            return
+        be.write(lm.io["inputs_embeds"], bundle.embed_text(np.array([[tok]])))
+        lm.step()

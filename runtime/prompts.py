@@ -1,0 +1,59 @@
+"""Prompt ids from the bundle's templates and special tokens (the official Janus-Pro formats)."""
+from __future__ import annotations
+
+import numpy as np
+
+from janus_edge.errors import InputError
+
+
+def encode(bundle, text: str) -> list[int]:
+    ids = bundle.tokenizer.encode(text, add_special_tokens=False).ids
+    return ([bundle.tokens["bos"]] if bundle.manifest.prompts.get("bos", True) else []) + ids
+
+
+def t2i_ids(bundle, prompt: str) -> list[int]:
+    """BOS + "<|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>"."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("prompt must be a non-empty string")
+    return encode(bundle, bundle.manifest.prompts["t2i"].format(prompt=prompt))
+
+
+def uncond_ids(ids: list[int], tokens: dict) -> list[int]:
+    """The unconditional CFG row: every token except BOS and <begin_of_image> replaced by the pad id."""
+    keep = {tokens["bos"], tokens["boi"]}
+    return [t if t in keep else tokens["pad"] for t in ids]
+
+
+def chat_ids(bundle, question: str, n_images: int) -> list[int]:
+    """Official understanding prompt, stripped, BOS prepended, each <image_placeholder> expanded to
+    <begin_of_image> + num_image_tokens x <image_placeholder> + <end_of_image>."""
+    if not isinstance(question, str) or not question.strip():
+        raise InputError("question must be a non-empty string")
+    p = bundle.manifest.prompts
+    text = p["chat"].format(system=p["system"], images=p["chat_image"] * n_images, question=question).strip()
+    return expand_images(encode(bundle, text), bundle.tokens, bundle.dims.num_image_tokens, n_images)
+
+
+def expand_images(ids: list[int], tokens: dict, num_image_tokens: int, n_images: int) -> list[int]:
+    img = tokens["image"]
+    out: list[int] = []
+    found = 0
+    for t in ids:
+        if t == img:
+            out += [tokens["boi"]] + [img] * num_image_tokens + [tokens["eoi"]]
+            found += 1
+        else:
+            out.append(t)
+    if found != n_images:
+        raise InputError(f"the question's text holds {found - n_images} extra image placeholder(s); "
+                         f"pass images with images=[...] instead of typing the placeholder")
+    return out
+
+
+def check_ids(ids, vocab_size: int) -> np.ndarray:
+    a = np.asarray(ids)
+    if a.ndim != 1 or a.size == 0 or not np.issubdtype(a.dtype, np.integer):
+        raise InputError("input_ids must be a non-empty 1-D list of ints")
+    if a.min() < 0 or a.max() >= vocab_size:
+        raise InputError(f"input_ids out of range [0, {vocab_size})")
+    return a.astype(np.int64)
