@@ -40,7 +40,7 @@ def preprocess(img, cfg: dict, dtype: str = "float32") -> np.ndarray:
     a = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)  # [3, nh, nw]
     side = max(nw, nh)
     out = np.empty((3, side, side), np.float32)
-    out[:] = np.asarray(cfg["background"], np.float32)[:, None, None]
+    out[:] = np.asarray(cfg["background_color"], np.float32)[:, None, None]
     top, left = (side - nh) // 2, (side - nw) // 2
     out[:, top:top + nh, left:left + nw] = a
     mean = np.asarray(cfg["image_mean"], np.float32)[:, None, None]
