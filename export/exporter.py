@@ -86,6 +86,7 @@ def export_graph(name: str, model, spec: C.GraphSpec, dims: C.ModelDims, path: s
         torch.onnx.export(module, args, target, input_names=[t.name for t in spec.inputs],
                           output_names=[t.name for t in spec.outputs], dynamic_axes=dynamic_axes(spec),
                           opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    stamp_io(target, spec)
     if not external:
         return []
     # The tracer writes one file per large tensor; gather them into a single NAME.onnx.data.
@@ -96,6 +97,42 @@ def export_graph(name: str, model, spec: C.GraphSpec, dims: C.ModelDims, path: s
     del proto
     shutil.rmtree(os.path.dirname(target))
     return [data]
+
+
+def stamp_io(path: str, spec: C.GraphSpec) -> None:
+    """Write the contract's dims (fixed ints, symbolic names) onto the graph's inputs and outputs: the tracer
+    leaves generated names on dims it could not infer, and TensorRT profiles are keyed on these."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    for values, tensors in ((model.graph.input, spec.inputs), (model.graph.output, spec.outputs)):
+        for v, t in zip(values, tensors):
+            assert v.name == t.name, (v.name, t.name)
+            shape = v.type.tensor_type.shape
+            del shape.dim[:]
+            for d in t.dims:
+                dim = shape.dim.add()
+                if isinstance(d, int):
+                    dim.dim_value = d
+                else:
+                    dim.dim_param = d
+    onnx.save(model, path)
+
+
+def initializer_bytes(path: str) -> int:
+    """Bytes of a graph's initializers (external data counted by its recorded length)."""
+    import onnx
+    from onnx import helper
+
+    total = 0
+    for t in onnx.load(path, load_external_data=False).graph.initializer:
+        ext = {e.key: e.value for e in t.external_data}
+        if "length" in ext:
+            total += int(ext["length"])
+        else:
+            n = int(np.prod(t.dims)) if len(t.dims) else 1
+            total += n * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    return total
 
 
 def _check_out(out: str, force: bool) -> None:
@@ -128,6 +165,7 @@ def export_bundle(checkpoint: str, out: str, dtype: str = "float32", force: bool
     ck = load_checkpoint(checkpoint, dtype=opts.dtype)
     _log(opts, f"loaded {ck.format} checkpoint {checkpoint} in {time.time() - t0:.1f}s")
     tmp = tempfile.mkdtemp(prefix=".janus-edge-export-", dir=os.path.dirname(os.path.abspath(out)))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is an ordinary directory
     try:
         manifest = write_bundle(ck, tmp, opts)
         manifest.save(tmp)
@@ -149,7 +187,7 @@ def write_bundle(ck: LoadedCheckpoint, d: str, opts: ExportOptions) -> C.Manifes
         extra = export_graph(name, ck.model, specs[name], dims, os.path.join(d, f"{name}.onnx"), opts)
         graphs[name] = C.GraphEntry(file=f"{name}.onnx", inputs=[s.to_json() for s in specs[name].inputs],
                                     outputs=[s.to_json() for s in specs[name].outputs], precision=opts.dtype,
-                                    external_data=extra)
+                                    external_data=extra, weight_bytes=initializer_bytes(os.path.join(d, f"{name}.onnx")))
         _log(opts, f"[{i}/{len(opts.graphs)}] {name} done in {time.time() - t:.1f}s")
     table = ck.model.get_input_embeddings().weight.detach().to(TORCH_DTYPES[opts.dtype]).numpy()
     np.save(os.path.join(d, "text_embed.npy"), table)

@@ -1,5 +1,7 @@
 """`janus-edge verify`: each graph of a bundle in ONNX Runtime against transformers on the same inputs, plus a
-whole-model check (prefill + decode steps through `lm` + `gen_head` against transformers' own cache and head)."""
+whole-model check (prefill + decode steps through `lm` + `gen_head` against transformers' own cache and head).
+
+The reference is always the fp32 model; an fp16 bundle gets the same (fp16-rounded) inputs and fp16 tolerances."""
 from __future__ import annotations
 
 import os
@@ -38,9 +40,9 @@ class VerifyReport:
         return all(r.ok for r in self.rows)
 
     def table(self) -> str:
-        lines = [f"{'graph':<22} {'max_abs_err':>12} {'cosine':>10}  status", "-" * 56]
+        lines = [f"{'graph':<32} {'max_abs_err':>12} {'cosine':>10}  status", "-" * 66]
         for r in self.rows:
-            lines.append(f"{r.graph:<22} {r.max_abs_err:>12.3e} {r.cosine:>10.6f}  "
+            lines.append(f"{r.graph:<32} {r.max_abs_err:>12.3e} {r.cosine:>10.6f}  "
                          f"{'ok' if r.ok else 'FAIL'}{'  ' + r.note if r.note else ''}")
         return "\n".join(lines)
 
@@ -75,8 +77,8 @@ def check_simple_graph(bundle, m, model, name, dtype) -> Row:
     if name in ("vq_decoder", "gen_embed", "lm_head", "gen_head", "vision", "vq_encoder"):
         # other batch sizes than the export's example, so the symbolic dims are exercised
         args = tuple(torch.cat([a, a[:1]]) if a.dim() > 1 else a for a in args)
-    with torch.no_grad():
-        ref = build_module(name, model)(*args)
+    with torch.no_grad():  # the reference runs in fp32 on the same (possibly fp16-rounded) inputs
+        ref = build_module(name, model)(*(a.float() if a.is_floating_point() else a for a in args))
     got = _session(bundle, m, name).run(None, {t.name: _np(a) for t, a in zip(spec.inputs, args)})[0]
     if name == "vq_encoder":
         agree = float(np.mean(got == _np(ref)))
@@ -101,34 +103,36 @@ def check_lm_and_loop(bundle, m, model, dtype, steps: int = 4, prompt_len: int =
     g = torch.Generator().manual_seed(1)
     rows, total = 2, prompt_len + steps
     emb = model.get_input_embeddings()(torch.randint(0, dims.vocab_size, (rows, prompt_len), generator=g))
+    emb = emb.to(tdt).float()  # both sides see the bundle-dtype values
     cache = [np.zeros((rows, dims.num_kv_heads, total, dims.head_dim), dtype) for _ in range(2 * dims.num_layers)]
     ref_cache, w = DynamicCache(config=model.config.text_config), np.array([5.0], dtype)
-    hid_rows, logit_rows, new_kv_err = [], [], 0.0
+    hid_rows, logit_rows, kv_rows = [], [], []
     pos = 0
     with torch.no_grad():
         for step in range(steps + 1):
             S = emb.shape[1]
             pos_ids = np.arange(pos, pos + S, dtype=np.int64)[None].repeat(rows, 0)
-            out = lm.run(None, {"inputs_embeds": _np(emb), "position_ids": pos_ids, **_cache_feeds(dims, cache)})
+            out = lm.run(None, {"inputs_embeds": _np(emb.to(tdt)), "position_ids": pos_ids, **_cache_feeds(dims, cache)})
             ref = model.model.language_model(inputs_embeds=emb, past_key_values=ref_cache, use_cache=True,
                                              position_ids=torch.from_numpy(pos_ids))
             for j in range(2 * dims.num_layers):
                 cache[j][:, :, pos:pos + S] = out[1 + j]
-            layer0 = ref_cache.layers[0]
-            new_kv_err = max(new_kv_err, float(np.max(np.abs(out[1] - _np(layer0.keys[:, :, pos:pos + S])))))
+            for j, layer in enumerate(ref_cache.layers):  # the new K/V of every layer vs transformers' cache
+                kv_rows.append((np.concatenate([out[1 + 2 * j].ravel(), out[2 + 2 * j].ravel()]),
+                                np.concatenate([_np(layer.keys[:, :, pos:pos + S]).ravel(),
+                                                _np(layer.values[:, :, pos:pos + S]).ravel()])))
             hid_rows.append((out[0][:, -1], _np(ref.last_hidden_state[:, -1])))
             ref_logits = model.model.generation_head(ref.last_hidden_state[:, -1])
             ref_cfg = ref_logits[1:] + 5.0 * (ref_logits[:1] - ref_logits[1:])
-            got = head.run(None, {"hidden": out[0][:, -1], "cfg_weight": w})[0]
+            got = head.run(None, {"hidden": np.ascontiguousarray(out[0][:, -1]), "cfg_weight": w})[0]
             logit_rows.append((got, _np(ref_cfg)))
             token = ref_cfg.argmax(-1).repeat(2)[:, None]  # same token to both rows, as transformers does
-            emb = model.prepare_embeddings_for_image_generation(token).to(tdt)
+            emb = model.prepare_embeddings_for_image_generation(token).to(tdt).float()
             pos += S
-    hid = compare(f"lm (prefill+{steps} steps)", *map(np.stack, zip(*hid_rows)), dtype)
-    hid.note = f"new K/V max err {new_kv_err:.2e}"
-    hid.ok = hid.ok and new_kv_err <= TOLERANCE[dtype][0] * 100
-    loop = compare(f"gen loop logits ({steps})", *map(np.stack, zip(*logit_rows)), dtype)
-    return [hid, loop]
+    hid = compare(f"lm hidden (prefill+{steps} steps)", *map(np.stack, zip(*hid_rows)), dtype)
+    kv = compare("lm new K/V (all layers)", *map(np.concatenate, zip(*kv_rows)), dtype)
+    loop = compare(f"gen loop logits ({steps} steps)", *map(np.stack, zip(*logit_rows)), dtype)
+    return [hid, kv, loop]
 
 
 def verify_bundle(bundle: str, checkpoint: str, graphs: tuple[str, ...] = C.GRAPHS) -> VerifyReport:
@@ -137,7 +141,9 @@ def verify_bundle(bundle: str, checkpoint: str, graphs: tuple[str, ...] = C.GRAP
     except C.ContractError as e:
         raise BundleError(str(e)) from None
     dtype = m.dtype
-    model = load_checkpoint(checkpoint, dtype=dtype).model
+    # The reference is the fp32 model for every bundle dtype: an fp16 bundle is measured against the true
+    # model (with fp16 tolerances), and torch's fp16 CPU kernels would make the check slow.
+    model = load_checkpoint(checkpoint, dtype="float32").model
     report = VerifyReport()
     for name in graphs:
         if name == "lm":
@@ -151,7 +157,7 @@ def verify_bundle(bundle: str, checkpoint: str, graphs: tuple[str, ...] = C.GRAP
 def check_text_table(bundle, m, model) -> Row:
     C.check_files(bundle, m, [m.text_embedding["file"]])
     table = np.load(os.path.join(bundle, m.text_embedding["file"]), mmap_mode="r")
-    ref = _np(model.get_input_embeddings().weight)
+    ref = _np(model.get_input_embeddings().weight.to(TORCH_DTYPES[m.dtype]).float())
     ids = np.unique(np.linspace(0, ref.shape[0] - 1, 257).astype(int))
     return compare("text_embed (table)", table[ids], ref[ids], m.dtype)
 

@@ -131,6 +131,7 @@ class GraphEntry:
     precision: str  # float32 | float16 | int8 | fp8 | int4 ...
     quantization: dict | None = None  # scheme details for quantized graphs
     external_data: list[str] = field(default_factory=list)  # sidecar files of this graph
+    weight_bytes: int = 0  # bytes of the graph's initializers: what one call must read (benchmark floors)
 
     def spec(self, name: str) -> GraphSpec:
         return GraphSpec(name, tuple(TensorSpec.from_json(t) for t in self.inputs),
