@@ -143,6 +143,13 @@ def _check_out(out: str, force: bool) -> None:
         raise InputError(f"parent directory of --out does not exist: {parent}")
 
 
+def _publish_modes(d: str) -> None:
+    """mkdtemp and onnx's external-data writer make private files; a bundle is an ordinary directory."""
+    os.chmod(d, 0o755)
+    for f in os.listdir(d):
+        os.chmod(os.path.join(d, f), 0o644)
+
+
 def _place(tmp: str, out: str) -> None:
     """Move the finished tmp dir to `out`, replacing an old `out` only now that the new one is complete."""
     if os.path.exists(out):
@@ -165,10 +172,10 @@ def export_bundle(checkpoint: str, out: str, dtype: str = "float32", force: bool
     ck = load_checkpoint(checkpoint, dtype=opts.dtype)
     _log(opts, f"loaded {ck.format} checkpoint {checkpoint} in {time.time() - t0:.1f}s")
     tmp = tempfile.mkdtemp(prefix=".janus-edge-export-", dir=os.path.dirname(os.path.abspath(out)))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is an ordinary directory
     try:
         manifest = write_bundle(ck, tmp, opts)
         manifest.save(tmp)
+        _publish_modes(tmp)
         _place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

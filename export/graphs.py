@@ -92,25 +92,27 @@ class VQEncoder(nn.Module):
 
 
 class VQDecoder(nn.Module):
-    """codes [n, T] -> pixels [n, px, px, 3] in about [-1, 1] (NHWC, unclipped)."""
+    """codes [n, T] -> pixels [n, px, px, 3] in about [-1, 1] (NHWC, unclipped).
+    As `JanusForConditionalGeneration.decode_image_tokens`, holding only the VQ model's weights."""
 
     def __init__(self, model):
         super().__init__()
-        self.model = model
+        self.vq = model.model.vqmodel
 
     def forward(self, codes):
-        return self.model.decode_image_tokens(codes)
+        return self.vq.decode(codes).permute(0, 2, 3, 1)
 
 
 class GenEmbed(nn.Module):
-    """codes [rows, seq] -> embeds [rows, seq, H] (gen_aligner(gen_embed(codes)))."""
+    """codes [rows, seq] -> embeds [rows, seq, H].
+    As `prepare_embeddings_for_image_generation` (gen_aligner(gen_embed(codes))), holding only those weights."""
 
     def __init__(self, model):
         super().__init__()
-        self.model = model
+        self.embed, self.aligner = model.model.generation_embeddings, model.model.generation_aligner
 
     def forward(self, codes):
-        return self.model.prepare_embeddings_for_image_generation(codes)
+        return self.aligner(self.embed(codes))
 
 
 class LMHead(nn.Module):
