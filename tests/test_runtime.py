@@ -227,3 +227,8 @@ def test_api_argument_checks(pipe):
         pipe.chat("q", max_new_tokens=0)
     with pytest.raises(InputError):
         Pipeline.from_bundle(pipe.bundle.path, threads=0)
+
+
+def test_trt_backend_is_refused_with_one_line(cli, tiny_bundle, tmp_path):
+    code, _, err = cli("generate", tiny_bundle, "--prompt", "a", "--out", tmp_path / "x.png", "--backend", "trt")
+    assert code == 2 and "trt" in _one_error_line(err) and os.listdir(tmp_path) == []
