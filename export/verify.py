@@ -14,7 +14,7 @@ from janus_edge import contract as C
 from janus_edge.errors import BundleError
 
 from .checkpoint import load_checkpoint
-from .exporter import EXAMPLE_SIZES, TORCH_DTYPES, example_inputs
+from .exporter import TORCH_DTYPES, example_inputs
 from .graphs import build_module
 
 # (max abs error relative to the reference's max magnitude, min cosine) per bundle float dtype
@@ -117,7 +117,7 @@ def check_lm_and_loop(bundle, m, model, dtype, steps: int = 4, prompt_len: int =
     hid_rows, logit_rows, kv_rows = [], [], []
     pos = 0
     with torch.no_grad():
-        for step in range(steps + 1):
+        for _ in range(steps + 1):
             S = emb.shape[1]
             pos_ids = np.arange(pos, pos + S, dtype=np.int64)[None].repeat(rows, 0)
             out = lm.run(None, {"inputs_embeds": _np(emb.to(tdt)), "position_ids": pos_ids, **_cache_feeds(dims, cache)})
@@ -170,4 +170,4 @@ def check_text_table(bundle, m, model) -> Row:
     return compare("text_embed (table)", table[ids], ref[ids], m.dtype)
 
 
-__all__ = ["VerifyReport", "verify_bundle", "EXAMPLE_SIZES"]
+__all__ = ["VerifyReport", "verify_bundle"]
