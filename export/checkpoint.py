@@ -23,6 +23,9 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 _REQUIRED_TOKENS = ("bos", "eos", "pad", "image", "boi", "eoi")
 
 
+# the tokenizer files a checkpoint carries and a bundle copies
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
 @dataclass
 class LoadedCheckpoint:
     """A loaded checkpoint: the reference model and the facts a bundle manifest records."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -19,14 +18,14 @@ import torch
 from janus_edge import contract as C
 from janus_edge.errors import InputError
 
-from .checkpoint import LoadedCheckpoint, load_checkpoint
+from .checkpoint import TOKENIZER_FILES, LoadedCheckpoint, load_checkpoint
 from .graphs import build_module
+from .staging import check_target, staged_dir
 
 
 EXAMPLE_SIZES = {"rows": 2, "n": 2, "seq": 3, "past": 5}  # >1 each, so the tracer keeps them symbolic
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 OPSET = 17
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 @dataclass
@@ -135,51 +134,18 @@ def initializer_bytes(path: str) -> int:
     return total
 
 
-def _check_out(out: str, force: bool) -> None:
-    if os.path.exists(out) and not force:
-        raise InputError(f"output exists: {out} (use --force to replace it)")
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        raise InputError(f"parent directory of --out does not exist: {parent}")
-
-
-def _publish_modes(d: str) -> None:
-    """mkdtemp and onnx's external-data writer make private files; a bundle is an ordinary directory."""
-    os.chmod(d, 0o755)
-    for f in os.listdir(d):
-        os.chmod(os.path.join(d, f), 0o644)
-
-
-def _place(tmp: str, out: str) -> None:
-    """Move the finished tmp dir to `out`, replacing an old `out` only now that the new one is complete."""
-    if os.path.exists(out):
-        trash = tmp + ".old"
-        os.replace(out, trash)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def export_bundle(checkpoint: str, out: str, dtype: str = "float32", force: bool = False,
                   options: ExportOptions | None = None) -> str:
     """Export `checkpoint` (HF or original Janus format) to a bundle at `out`. Returns `out`."""
     opts = options or ExportOptions(dtype=dtype, force=force)
     if opts.dtype not in TORCH_DTYPES:
         raise InputError(f"unsupported --dtype {opts.dtype!r}; choose one of {', '.join(TORCH_DTYPES)}")
-    _check_out(out, opts.force)
+    check_target(out, opts.force, InputError)  # before the (slow) checkpoint load
     t0 = time.time()
     ck = load_checkpoint(checkpoint, dtype=opts.dtype)
     _log(opts, f"loaded {ck.format} checkpoint {checkpoint} in {time.time() - t0:.1f}s")
-    tmp = tempfile.mkdtemp(prefix=".janus-edge-export-", dir=os.path.dirname(os.path.abspath(out)))
-    try:
-        manifest = write_bundle(ck, tmp, opts)
-        manifest.save(tmp)
-        _publish_modes(tmp)
-        _place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with staged_dir(out, opts.force, InputError) as tmp:
+        write_bundle(ck, tmp, opts).save(tmp)
     _log(opts, f"bundle written to {out} in {time.time() - t0:.1f}s")
     return out
 

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import torch
@@ -12,6 +10,7 @@ from transformers import GenerationConfig, JanusForConditionalGeneration, JanusP
 
 from janus_edge.errors import CheckpointError
 from janus_edge.export.presets import PRESETS, make_config
+from janus_edge.export.staging import staged_dir
 from janus_edge.export.tokenizer_build import BOI, BOS, EOS, IMAGE, TOKENIZER_SPECS, build_hf_tokenizer
 
 # Renders a conversation as the published deepseek-community checkpoints do (same output as the template of
@@ -100,13 +99,6 @@ def _build_model(preset: str, seed: int) -> JanusForConditionalGeneration:
     return model
 
 
-def _check_out(out: str, force: bool) -> None:
-    if os.path.lexists(out) and not force:
-        raise CheckpointError(f"{out} already exists (pass force=True / --force to overwrite)")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise CheckpointError(f"{out} exists and is not a directory")
-
-
 def init_random(preset: str, out: str, seed: int = 0, force: bool = False) -> str:
     """Write a random-weight HF-format checkpoint of `preset` to `out`; returns `out`.
 
@@ -116,11 +108,8 @@ def init_random(preset: str, out: str, seed: int = 0, force: bool = False) -> st
     if preset not in PRESETS:
         raise CheckpointError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     out = os.path.abspath(out)
-    _check_out(out, force)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
-    try:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with staged_dir(out, force, CheckpointError) as tmp:
         t0 = time.time()
         _log(f"building {preset} with random weights (seed {seed})")
         model = _build_model(preset, seed)
@@ -133,34 +122,8 @@ def init_random(preset: str, out: str, seed: int = 0, force: bool = False) -> st
         processor.save_pretrained(tmp)
         # transformers 5 keeps the image processor inside processor_config.json; older readers look here.
         processor.image_processor.to_json_file(os.path.join(tmp, "preprocessor_config.json"))
-        _replace_dir(tmp, out, force)
-        _log(f"done in {time.time() - t0:.1f} s")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _log(f"done in {time.time() - t0:.1f} s")
     return out
-
-
-def _publish_modes(tmp: str) -> None:
-    """mkdtemp makes a 0700 dir (and some writers 0600 files): give the checkpoint the usual umask modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    for name in os.listdir(tmp):
-        os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
-
-
-def _replace_dir(tmp: str, out: str, force: bool) -> None:
-    _publish_modes(tmp)
-    if os.path.lexists(out):
-        if not force:
-            raise CheckpointError(f"{out} already exists (pass force=True / --force to overwrite)")
-        old = out + f".old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 __all__ = ["init_random", "make_processor", "make_generation_config", "CHAT_TEMPLATE", "BOS", "BOI", "IMAGE"]

@@ -16,10 +16,11 @@ import shutil
 
 import torch
 
+from janus_edge.export.checkpoint import TOKENIZER_FILES
+
 SIGLIP = {"siglip_large_patch16_384": dict(image_size=384, patch_size=16, width=1024, layers=24, heads=16,
                                            mlp_ratio=4.0)}
 VQ16 = dict(ch=128, ch_mult=[1, 1, 2, 2, 4], z_channels=256, num_res_blocks=2)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _ATTN_PARTS = ("q_proj", "k_proj", "v_proj")
 _DROP = (re.compile(r"^vision_model\.vision_tower\.attn_pool\."), re.compile(r"\.quantize\.codebook_used$"),
          re.compile(r"\.rotary_emb\.inv_freq$"))

@@ -63,3 +63,15 @@ def cli(capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture
+def one_error_line():
+    """Assert that stderr holds exactly one line, `error: ...`; returns it."""
+
+    def check(err: str) -> str:
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        return lines[0]
+
+    return check

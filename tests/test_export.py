@@ -101,35 +101,30 @@ def test_export_from_original_format_matches(tiny_ckpt, tmp_path):
 
 # ---- bad input: one line, exit 2, nothing written ----------------------------------------------------------
 
-def _one_error_line(err):
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
-
-def test_existing_out_is_refused(cli, tiny_ckpt, tiny_bundle):
+def test_existing_out_is_refused(one_error_line, cli, tiny_ckpt, tiny_bundle):
     before = sorted(os.listdir(tiny_bundle))
     code, _, err = cli("export", tiny_ckpt, "--out", tiny_bundle)
-    assert code == 2 and "exists" in _one_error_line(err)
+    assert code == 2 and "exists" in one_error_line(err)
     assert sorted(os.listdir(tiny_bundle)) == before
 
 
-def test_missing_checkpoint_dir(cli, tmp_path):
+def test_missing_checkpoint_dir(one_error_line, cli, tmp_path):
     code, _, err = cli("export", tmp_path / "nope", "--out", tmp_path / "b")
-    assert code == 2 and "nope" in _one_error_line(err)
+    assert code == 2 and "nope" in one_error_line(err)
     assert not os.path.exists(tmp_path / "b")
 
 
-def test_broken_config_json(cli, tiny_ckpt, tmp_path):
+def test_broken_config_json(one_error_line, cli, tiny_ckpt, tmp_path):
     ck = tmp_path / "ck"
     shutil.copytree(tiny_ckpt, ck)
     (ck / "config.json").write_text("{ not json")
     code, _, err = cli("export", ck, "--out", tmp_path / "b")
-    assert code == 2 and "config.json" in _one_error_line(err)
+    assert code == 2 and "config.json" in one_error_line(err)
     assert not os.path.exists(tmp_path / "b") and os.listdir(tmp_path) == ["ck"]
 
 
-def test_checkpoint_missing_tensors(cli, tiny_ckpt, tmp_path):
+def test_checkpoint_missing_tensors(one_error_line, cli, tiny_ckpt, tmp_path):
     from safetensors.numpy import load_file, save_file
 
     ck = tmp_path / "ck"
@@ -140,7 +135,7 @@ def test_checkpoint_missing_tensors(cli, tiny_ckpt, tmp_path):
     assert dropped
     save_file({k: v for k, v in tensors.items() if k not in dropped}, str(ck / f), metadata={"format": "pt"})
     code, _, err = cli("export", ck, "--out", tmp_path / "b")
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert code == 2 and "missing" in line and "generation_head" in line
     assert not os.path.exists(tmp_path / "b") and os.listdir(tmp_path) == ["ck"]
 

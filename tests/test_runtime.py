@@ -16,11 +16,6 @@ def pipe(tiny_bundle):
     return Pipeline.from_bundle(tiny_bundle, threads=1)
 
 
-def _one_error_line(err):
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
 
 @pytest.mark.parametrize("n,cfg", [(1, 5.0), (2, 5.0), (3, 1.0)])
 def test_one_lm_call_per_step_with_all_rows(tiny_bundle, n, cfg):
@@ -143,10 +138,10 @@ def test_cli_chat_streams_to_stdout(cli, tiny_bundle, tmp_path, sample_image):
     (["--n", "0"], "n must"),
     (["--prompt", "word " * 3000], "context"),
 ])
-def test_cli_generate_bad_arguments(cli, tiny_bundle, tmp_path, args, needle):
+def test_cli_generate_bad_arguments(one_error_line, cli, tiny_bundle, tmp_path, args, needle):
     base = ["generate", tiny_bundle, "--prompt", "a fox", "--out", tmp_path / "x.png"]
     code, _, err = cli(*base, *args)
-    assert code == 2 and needle in _one_error_line(err)
+    assert code == 2 and needle in one_error_line(err)
     assert os.listdir(tmp_path) == []
 
 
@@ -156,12 +151,12 @@ def _altered_bundle(src, dst, edit):
     return dst
 
 
-def test_missing_bundle(cli, tmp_path):
+def test_missing_bundle(one_error_line, cli, tmp_path):
     code, _, err = cli("generate", tmp_path / "nope", "--prompt", "a", "--out", tmp_path / "x.png")
-    assert code == 2 and "not found" in _one_error_line(err) and not os.path.exists(tmp_path / "x.png")
+    assert code == 2 and "not found" in one_error_line(err) and not os.path.exists(tmp_path / "x.png")
 
 
-def test_corrupt_graph_file_is_detected(cli, tiny_bundle, tmp_path):
+def test_corrupt_graph_file_is_detected(one_error_line, cli, tiny_bundle, tmp_path):
     def flip(d):
         p = os.path.join(d, "gen_head.onnx")
         b = bytearray(open(p, "rb").read())
@@ -170,7 +165,7 @@ def test_corrupt_graph_file_is_detected(cli, tiny_bundle, tmp_path):
 
     b = _altered_bundle(tiny_bundle, tmp_path / "b", flip)
     code, _, err = cli("generate", b, "--prompt", "a", "--out", tmp_path / "x.png")
-    assert code == 2 and "sha256" in _one_error_line(err) and not os.path.exists(tmp_path / "x.png")
+    assert code == 2 and "sha256" in one_error_line(err) and not os.path.exists(tmp_path / "x.png")
 
 
 def test_other_format_version_is_refused(tiny_bundle, tmp_path):
@@ -184,13 +179,13 @@ def test_other_format_version_is_refused(tiny_bundle, tmp_path):
         Pipeline.from_bundle(str(b))
 
 
-def test_non_image_file_for_chat(cli, tiny_bundle, tmp_path):
+def test_non_image_file_for_chat(one_error_line, cli, tiny_bundle, tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     code, _, err = cli("chat", tiny_bundle, "--image", tmp_path / "notes.txt", "--question", "What?")
-    assert code == 2 and "not a readable image" in _one_error_line(err)
+    assert code == 2 and "not a readable image" in one_error_line(err)
 
 
-def test_nan_logits_are_reported_and_nothing_is_written(cli, tiny_bundle, tmp_path):
+def test_nan_logits_are_reported_and_nothing_is_written(one_error_line, cli, tiny_bundle, tmp_path):
     import onnx
     from onnx import numpy_helper
 
@@ -210,7 +205,7 @@ def test_nan_logits_are_reported_and_nothing_is_written(cli, tiny_bundle, tmp_pa
     out = tmp_path / "o"
     out.mkdir()
     code, _, err = cli("generate", b, "--prompt", "a", "--out", out / "x.png")
-    assert code == 2 and "NaN" in _one_error_line(err)
+    assert code == 2 and "NaN" in one_error_line(err)
     assert os.listdir(out) == []
 
 
@@ -229,6 +224,6 @@ def test_api_argument_checks(pipe):
         Pipeline.from_bundle(pipe.bundle.path, threads=0)
 
 
-def test_trt_backend_is_refused_with_one_line(cli, tiny_bundle, tmp_path):
+def test_trt_backend_is_refused_with_one_line(one_error_line, cli, tiny_bundle, tmp_path):
     code, _, err = cli("generate", tiny_bundle, "--prompt", "a", "--out", tmp_path / "x.png", "--backend", "trt")
-    assert code == 2 and "trt" in _one_error_line(err) and os.listdir(tmp_path) == []
+    assert code == 2 and "trt" in one_error_line(err) and os.listdir(tmp_path) == []
