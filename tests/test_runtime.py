@@ -227,3 +227,23 @@ def test_api_argument_checks(pipe):
 def test_trt_backend_is_refused_with_one_line(one_error_line, cli, tiny_bundle, tmp_path):
     code, _, err = cli("generate", tiny_bundle, "--prompt", "a", "--out", tmp_path / "x.png", "--backend", "trt")
     assert code == 2 and "trt" in one_error_line(err) and os.listdir(tmp_path) == []
+
+
+def test_runtime_runs_without_torch_transformers_or_onnx(tiny_bundle, tmp_path):
+    """The layering rule: a Jetson runs bundles with the runtime alone (no torch, transformers, onnx)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'transformers', 'onnx', 'janus_edge.export', 'janus_edge.quant'):\n"
+        "    sys.modules[m] = None  # any import of them now fails\n"
+        "from janus_edge.cli import main\n"
+        f"rc = main(['generate', {str(tiny_bundle)!r}, '--prompt', 'a fox', '--out', {str(tmp_path / 'a.png')!r},"
+        " '--temperature', '0'])\n"
+        "assert rc == 0, rc\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    assert (tmp_path / "a.png").is_file()
