@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,7 +82,9 @@ def export_graph(name: str, model, spec: C.GraphSpec, dims: C.ModelDims, path: s
     external = weight_bytes > opts.external_data_threshold
     target = path if not external else os.path.join(os.path.dirname(path), f".raw-{name}", os.path.basename(path))
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer's TracerWarnings / deprecation notes are about its own internals, not the user's model
+        warnings.simplefilter("ignore")
         torch.onnx.export(module, args, target, input_names=[t.name for t in spec.inputs],
                           output_names=[t.name for t in spec.outputs], dynamic_axes=dynamic_axes(spec),
                           opset_version=OPSET, dynamo=False, do_constant_folding=True)

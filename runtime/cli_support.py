@@ -26,6 +26,9 @@ def _atomic_save(write, path: str) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; an output is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
