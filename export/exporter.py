@@ -72,14 +72,15 @@ def _log(opts: ExportOptions, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def export_graph(name: str, model, spec: C.GraphSpec, dims: C.ModelDims, path: str, opts: ExportOptions) -> list[str]:
-    """Export one graph to `path`; returns the sidecar (external data) file names written beside it."""
+def export_graph(name: str, model, spec: C.GraphSpec, dims: C.ModelDims, path: str,
+                 opts: ExportOptions) -> tuple[list[str], int]:
+    """Export one graph to `path`; returns (the sidecar external-data file names beside it, its weight bytes)."""
     import onnx
 
     module = build_module(name, model)
     args = example_inputs(spec, dims, TORCH_DTYPES[opts.dtype])
-    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
-    external = weight_bytes > opts.external_data_threshold
+    param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    external = param_bytes > opts.external_data_threshold
     target = path if not external else os.path.join(os.path.dirname(path), f".raw-{name}", os.path.basename(path))
     os.makedirs(os.path.dirname(target), exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
@@ -88,9 +89,9 @@ def export_graph(name: str, model, spec: C.GraphSpec, dims: C.ModelDims, path: s
         torch.onnx.export(module, args, target, input_names=[t.name for t in spec.inputs],
                           output_names=[t.name for t in spec.outputs], dynamic_axes=dynamic_axes(spec),
                           opset_version=OPSET, dynamo=False, do_constant_folding=True)
-    stamp_io(target, spec)
+    weight_bytes = stamp_io(target, spec)
     if not external:
-        return []
+        return [], weight_bytes
     # The tracer writes one file per large tensor; gather them into a single NAME.onnx.data.
     proto = onnx.load(target, load_external_data=True)
     data = os.path.basename(path) + ".data"
@@ -98,13 +99,15 @@ def export_graph(name: str, model, spec: C.GraphSpec, dims: C.ModelDims, path: s
                     size_threshold=1024)
     del proto
     shutil.rmtree(os.path.dirname(target))
-    return [data]
+    return [data], weight_bytes
 
 
-def stamp_io(path: str, spec: C.GraphSpec) -> None:
-    """Write the contract's dims (fixed ints, symbolic names) onto the graph's inputs and outputs: the tracer
-    leaves generated names on dims it could not infer, and TensorRT profiles are keyed on these."""
+def stamp_io(path: str, spec: C.GraphSpec) -> int:
+    """Write the contract's dims (fixed ints, symbolic names) onto the graph's inputs and outputs (the tracer
+    leaves generated names on dims it could not infer, and TensorRT profiles are keyed on these); returns the bytes
+    of the graph's initializers, from their dims and types, read in the same pass."""
     import onnx
+    from onnx import helper
 
     model = onnx.load(path, load_external_data=False)
     for values, tensors in ((model.graph.input, spec.inputs), (model.graph.output, spec.outputs)):
@@ -119,22 +122,8 @@ def stamp_io(path: str, spec: C.GraphSpec) -> None:
                 else:
                     dim.dim_param = d
     onnx.save(model, path)
-
-
-def initializer_bytes(path: str) -> int:
-    """Bytes of a graph's initializers (external data counted by its recorded length)."""
-    import onnx
-    from onnx import helper
-
-    total = 0
-    for t in onnx.load(path, load_external_data=False).graph.initializer:
-        ext = {e.key: e.value for e in t.external_data}
-        if "length" in ext:
-            total += int(ext["length"])
-        else:
-            n = int(np.prod(t.dims)) if len(t.dims) else 1
-            total += n * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-    return total
+    return sum(int(np.prod(t.dims)) * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+               for t in model.graph.initializer)
 
 
 def export_bundle(checkpoint: str, out: str, dtype: str = "float32", force: bool = False,
@@ -160,10 +149,10 @@ def write_bundle(ck: LoadedCheckpoint, d: str, opts: ExportOptions) -> C.Manifes
     for i, name in enumerate(opts.graphs, 1):
         t = time.time()
         _log(opts, f"[{i}/{len(opts.graphs)}] exporting {name} ...")
-        extra = export_graph(name, ck.model, specs[name], dims, os.path.join(d, f"{name}.onnx"), opts)
+        extra, weight_bytes = export_graph(name, ck.model, specs[name], dims, os.path.join(d, f"{name}.onnx"), opts)
         graphs[name] = C.GraphEntry(file=f"{name}.onnx", inputs=[s.to_json() for s in specs[name].inputs],
                                     outputs=[s.to_json() for s in specs[name].outputs], precision=opts.dtype,
-                                    external_data=extra, weight_bytes=initializer_bytes(os.path.join(d, f"{name}.onnx")))
+                                    external_data=extra, weight_bytes=weight_bytes)
         _log(opts, f"[{i}/{len(opts.graphs)}] {name} done in {time.time() - t:.1f}s")
     table = ck.model.get_input_embeddings().weight.detach().to(TORCH_DTYPES[opts.dtype]).numpy()
     np.save(os.path.join(d, "text_embed.npy"), table)
