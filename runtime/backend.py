@@ -55,8 +55,19 @@ class Backend(ABC):
         """The same memory under another shape (same element count)."""
 
     @abstractmethod
-    def kv_append(self, cache: list[Buffer], new: list[Buffer], pos: int) -> None:
-        """cache[j][:, :, pos:pos+S] = new[j] for every layer's K and V (new: [rows, kvh, S, D])."""
+    def kv_append(self, cache: list[Buffer], new: list[Buffer], pos) -> None:
+        """cache[j][:, :, pos:pos+S] = new[j] for every layer's K and V (new: [rows, kvh, S, D]).
+        `pos` an int: the same first position for every row; a 1-D int array (serving, S == 1): row r of new goes
+        to slot pos[r] of cache row r (cache may hold more rows than new)."""
+
+    # Serving (runtime/scheduler.py) keeps a pool of cache rows; these move whole rows of a buffer (leading dim).
+    def rows(self, buf: Buffer, start: int, stop: int) -> Buffer:
+        """Rows [start, stop) of a buffer as a buffer over the same memory (contiguous: the leading dim)."""
+        raise BackendUnavailable(f"backend {self.name!r} does not support serving (no row views)")
+
+    def move_rows(self, buf: Buffer, src: int, dst: int, count: int) -> None:
+        """buf[dst:dst+count] = buf[src:src+count] (the ranges may overlap)."""
+        raise BackendUnavailable(f"backend {self.name!r} does not support serving (no row moves)")
 
 
 def get_backend(name: str, threads: int | None = None) -> Backend:

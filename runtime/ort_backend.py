@@ -81,10 +81,22 @@ class OrtBackend(Backend):
         assert np.shares_memory(v, buf)
         return v
 
-    def kv_append(self, cache: list[np.ndarray], new: list[np.ndarray], pos: int) -> None:
+    def kv_append(self, cache: list[np.ndarray], new: list[np.ndarray], pos) -> None:
         s = new[0].shape[2]
+        if np.ndim(pos):  # per-row positions (one new slot per row)
+            r = np.arange(len(pos))
+            for c, n in zip(cache, new):
+                c[r, :, pos] = n[:, :, 0]
+            return
         for c, n in zip(cache, new):
             c[:, :, pos:pos + s] = n
+
+    def rows(self, buf: np.ndarray, start: int, stop: int) -> np.ndarray:
+        return buf[start:stop]
+
+    def move_rows(self, buf: np.ndarray, src: int, dst: int, count: int) -> None:
+        if count > 0 and src != dst:
+            buf[dst:dst + count] = buf[src:src + count]  # numpy copies through a temporary on overlap
 
 
 def cpu_count() -> int:
