@@ -139,6 +139,10 @@ def export_bundle(checkpoint: str, out: str, dtype: str = "float32", force: bool
     with staged_dir(out, opts.force, InputError) as tmp:
         write_bundle(ck, tmp, opts).save(tmp)
     _log(opts, f"bundle written to {out} in {time.time() - t0:.1f}s")
+    if opts.progress:  # TensorRT parseability, as a warning (the bundle stays valid for ONNX Runtime)
+        from .lint_trt import warn_after
+
+        warn_after(out, "export")
     return out
 
 
