@@ -2,6 +2,8 @@
 
 Shapes (rows = 2n with CFG: n conditional rows then n unconditional; n without):
     cache[j]        [rows, kvh, max_len, D]   allocated once per request at its final length, written in place
+                                              (bound as [rows, kvh, cap, D], cap = filled prefix rounded up to a
+                                              chunk, on backends with cache_chunk > 0: see LMRunner)
     step embeds     [rows, 1, H]              gen_embed writes straight into the lm's input buffer
     step hidden     [rows, 1, H]              viewed as [rows, H] by the heads
 Per image-token step: one gen_embed call, one lm call (all rows), one kv_append, one gen_head call, one sample.
@@ -24,25 +26,59 @@ class LMRunner:
         self.b, self.be, d = bundle, bundle.backend, bundle.dims
         self.rows, self.max_len, self.pos = rows, max_len, 0
         self.graph = bundle.graph("lm")
+        self.cache_dtype = bundle.specs["lm"].input(C.PAST_KEY.format(i=0)).dtype  # fp16 cache in quantized bundles
+        # Backends with cache_chunk > 0 bind only the filled prefix of the cache, rounded up to a chunk of slots
+        # (attention then reads the valid prefix, not the whole preallocated buffer); 0 binds the whole buffer
+        # (fixed shapes: TensorRT profiles, CUDA-graph replay). The memory is allocated once either way.
+        self.chunk = getattr(self.be, "cache_chunk", 0)
         shape = (rows, d.num_kv_heads, max_len, d.head_dim)
-        self.cache = [self.be.alloc(shape, bundle.dtype) for _ in range(2 * d.num_layers)]
-        self.io, self._run = self._bind(1)  # the decode step's buffers, reused every step
+        self.io = None
+        if self.chunk:
+            flat = (rows * d.num_kv_heads * max_len * d.head_dim,)
+            self.store = [self.be.alloc(flat, self.cache_dtype) for _ in range(2 * d.num_layers)]
+            self.cap = 0
+            self._grow(1)
+        else:
+            self.cache = [self.be.alloc(shape, self.cache_dtype) for _ in range(2 * d.num_layers)]
+            self.cap = max_len
+            self.io, self._run = self._bind(1)  # the decode step's buffers, reused every step
 
-    def _bind(self, seq: int):
+    def _grow(self, need: int) -> None:
+        """Make the bound cache hold >= `need` slots: re-lay the filled slots of each block at the new stride
+        (in place, last block first: the ranges move up and may overlap), then view the prefix."""
+        d, be = self.b.dims, self.be
+        new = min(self.max_len, -(-need // self.chunk) * self.chunk)
+        blocks, D = self.rows * d.num_kv_heads, d.head_dim
+        for buf in self.store:
+            if self.cap and self.pos:
+                for r in range(blocks - 1, 0, -1):
+                    be.move_rows(buf, r * self.cap * D, r * new * D, self.pos * D)
+        self.cap = new
+        shape = (self.rows, d.num_kv_heads, new, D)
+        self.cache = [be.view(be.rows(buf, 0, blocks * new * D), shape) for buf in self.store]
+        self.io, self._run = self._bind(1, self.io)
+
+    def _bind(self, seq: int, io: dict | None = None):
         d, be, dt = self.b.dims, self.be, self.b.dtype
-        io = {"inputs_embeds": be.alloc((self.rows, seq, d.hidden_size), dt),
-              "position_ids": be.alloc((self.rows, seq), "int64"),
-              "hidden_states": be.alloc((self.rows, seq, d.hidden_size), dt)}
+        if io is None:
+            io = {"inputs_embeds": be.alloc((self.rows, seq, d.hidden_size), dt),
+                  "position_ids": be.alloc((self.rows, seq), "int64"),
+                  "hidden_states": be.alloc((self.rows, seq, d.hidden_size), dt)}
         pk, pv, nk, nv = C.lm_cache_names(d.num_layers)
         past = [n for pair in zip(pk, pv) for n in pair]
         self.new_names = [n for pair in zip(nk, nv) for n in pair]
         for n in self.new_names:
-            io[n] = be.alloc((self.rows, d.num_kv_heads, seq, d.head_dim), dt)
+            if n not in io:
+                io[n] = be.alloc((self.rows, d.num_kv_heads, seq, d.head_dim), self.cache_dtype)
         inputs = {"inputs_embeds": io["inputs_embeds"], "position_ids": io["position_ids"], **dict(zip(past, self.cache))}
         outputs = {n: io[n] for n in ["hidden_states", *self.new_names]}
         return io, self.graph.bind(inputs, outputs)
 
     def _advance(self, io, run, seq: int) -> None:
+        if self.pos + seq > self.cap:  # prefix binding only (chunk > 0): bind a longer prefix first
+            self._grow(self.pos + seq)
+            if seq == 1:
+                io, run = self.io, self._run
         self.be.write(io["position_ids"], np.arange(self.pos, self.pos + seq, dtype=np.int64)[None].repeat(self.rows, 0))
         run()
         self.be.kv_append(self.cache, [io[n] for n in self.new_names], self.pos)
@@ -51,6 +87,8 @@ class LMRunner:
     def prefill(self, embeds: np.ndarray) -> np.ndarray:
         """embeds [rows, S, H] -> last hidden [rows, H] (host); also copied into the step's hidden buffer."""
         seq = embeds.shape[1]
+        if self.pos + seq > self.cap:
+            self._grow(self.pos + seq)
         io, run = self._bind(seq)
         self.be.write(io["inputs_embeds"], embeds)
         self._advance(io, run, seq)
@@ -90,7 +128,7 @@ def generate_image_tokens(bundle, prompt_ids: list[int], uncond: list[int] | Non
         run_head()
         out = be.read(logits)
         check_finite(out, "image-token")
-        tokens[:, i] = sample(out, sampling, rng)
+        tokens[:, i] = sample(out, sampling, rng, step=i)  # rows are images 0..n-1: draw (seed, i, image)
         if on_step is not None:
             on_step(i)
         if i == T - 1:
@@ -114,7 +152,7 @@ def generate_text(bundle, embeds: np.ndarray, max_new_tokens: int, sampling: Sam
         run_head()
         out = be.read(logits)
         check_finite(out, "text")
-        tok = int(sample(out, sampling, rng)[0])
+        tok = int(sample(out, sampling, rng, step=i)[0])
         yield tok
         if tok in stop_ids or i == max_new_tokens - 1:
             return

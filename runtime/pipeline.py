@@ -15,7 +15,7 @@ from .backend import get_backend
 from .bundle import Bundle
 from .decode import generate_image_tokens, generate_text
 from .image import load_image, preprocess, to_pil
-from .sampling import SamplingConfig
+from .sampling import SamplingConfig, SeededSampler
 
 
 @dataclass
@@ -66,7 +66,7 @@ class Pipeline:
             prompts.check_ids(input_ids, self.dims.vocab_size).tolist()
         self._context_check(len(ids), self.dims.num_image_tokens, "prompt")
         uncond = prompts.uncond_ids(ids, self.bundle.tokens) if cfg_weight != 1 else None
-        rng = np.random.default_rng(seed)
+        rng = SeededSampler(seed)
         t0 = time.perf_counter()
         marks: list[float] = []
 
@@ -129,7 +129,7 @@ class Pipeline:
         sampling = SamplingConfig(temperature, top_k, top_p).validate()
         ids, emb = self.chat_inputs(question, images)
         self._context_check(len(ids), max_new_tokens, "chat prompt")
-        return generate_text(self.bundle, emb, max_new_tokens, sampling, np.random.default_rng(seed),
+        return generate_text(self.bundle, emb, max_new_tokens, sampling, SeededSampler(seed),
                              self.stop_ids())
 
     def stop_ids(self) -> set[int]:
