@@ -90,18 +90,19 @@ def lm_cache_names(num_layers: int) -> tuple[list[str], list[str], list[str], li
             [NEW_KEY.format(i=i) for i in r], [NEW_VALUE.format(i=i) for i in r])
 
 
-def graph_specs(d: ModelDims, dtype: str = "float32") -> dict[str, GraphSpec]:
-    """The I/O of every graph. `dtype` is the float type of activations and the KV cache."""
-    if dtype not in FLOAT_DTYPES:
-        raise ContractError(f"unsupported float dtype {dtype!r}; expected one of {FLOAT_DTYPES}")
-    f, i64 = dtype, "int64"
+def graph_specs(d: ModelDims, dtype: str = "float32", cache_dtype: str | None = None) -> dict[str, GraphSpec]:
+    """The I/O of every graph. `dtype` is the float type of activations; `cache_dtype` that of the lm graph's KV-cache
+    inputs/outputs (default: `dtype`; a quantized bundle may store an fp16 cache for an fp32 graph)."""
+    if dtype not in FLOAT_DTYPES or (cache_dtype or dtype) not in FLOAT_DTYPES:
+        raise ContractError(f"unsupported float dtype {dtype!r}/{cache_dtype!r}; expected one of {FLOAT_DTYPES}")
+    f, i64, c = dtype, "int64", cache_dtype or dtype
     H, px, T = d.hidden_size, d.image_size, d.num_image_tokens
     kv = (d.num_kv_heads, d.head_dim)
     pk, pv, nk, nv = lm_cache_names(d.num_layers)
     lm_in = [TensorSpec("inputs_embeds", f, ("rows", "seq", H)), TensorSpec("position_ids", i64, ("rows", "seq"))]
-    lm_in += [TensorSpec(n, f, ("rows", kv[0], "past", kv[1])) for pair in zip(pk, pv) for n in pair]
+    lm_in += [TensorSpec(n, c, ("rows", kv[0], "past", kv[1])) for pair in zip(pk, pv) for n in pair]
     lm_out = [TensorSpec("hidden_states", f, ("rows", "seq", H))]
-    lm_out += [TensorSpec(n, f, ("rows", kv[0], "seq", kv[1])) for pair in zip(nk, nv) for n in pair]
+    lm_out += [TensorSpec(n, c, ("rows", kv[0], "seq", kv[1])) for pair in zip(nk, nv) for n in pair]
     specs = [
         GraphSpec("vision", (TensorSpec("pixel_values", f, ("n", 3, px, px)),),
                   (TensorSpec("image_embeds", f, ("n", T, H)),)),
@@ -132,6 +133,7 @@ class GraphEntry:
     quantization: dict | None = None  # scheme details for quantized graphs
     external_data: list[str] = field(default_factory=list)  # sidecar files of this graph
     weight_bytes: int = 0  # bytes of the graph's initializers: what one call must read (benchmark floors)
+    target: str = "any"  # any | ort | trt: the backend(s) this graph file is for (lint-trt/build skip "ort")
 
     def spec(self, name: str) -> GraphSpec:
         return GraphSpec(name, tuple(TensorSpec.from_json(t) for t in self.inputs),
@@ -151,6 +153,7 @@ class Manifest:
     tokenizer: dict  # {"file": "tokenizer.json"}
     files: dict[str, str]  # relative path -> sha256
     dtype: str = "float32"
+    kv_cache_dtype: str | None = None  # dtype of the lm graph's KV-cache I/O when it differs from `dtype` (quantize)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     producer: dict = field(default_factory=dict)

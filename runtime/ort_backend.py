@@ -41,6 +41,9 @@ class OrtGraph(Graph):
 
 class OrtBackend(Backend):
     name = "ort"
+    # The decode loop binds the KV cache's filled prefix rounded up to this many slots (runtime/decode.py LMRunner):
+    # attention reads ~the valid prefix instead of the whole preallocated buffer. 0: bind the whole buffer.
+    cache_chunk = 64
 
     def __init__(self, threads: int | None = None):
         try:

@@ -1,0 +1,270 @@
+"""INT4 weight-only (W4A16): block-wise symmetric INT4 on the 2-D MatMul weights, in the QDQ form
+
+    W_q (INT4 [K, N], constant) -> DequantizeLinear(axis=0, block_size=B, scale [K/B, N], no zero point) -> MatMul B
+
+which TensorRT 10 builds (block dequant of a 2-D INT4 constant, zero point 0) and which ONNX Runtime's CPU optimizer
+rewrites into `MatMulNBits` at load (QUANT_FACTS / GPU_FACTS). The form needs opset 21.
+
+Why hand-written rather than `onnxruntime.quantization.matmul_nbits_quantizer` (QDQ, symmetric): that tool only does
+round-to-nearest in the QDQ form (its GPTQ/HQQ/k-quant configs assert QOperator = MatMulNBits, a CPU-only
+op TensorRT cannot parse), rewrites only the opset number, and holds the whole model in memory. What is kept from
+it: the exact same graph form (checked by ORT fusing it). Methods (`--method`):
+
+- `rtn`: scale = absmax / 7 per block (round to nearest, the stock tool's result).
+- `clip`: per block, the scale r * absmax / 7 (r in a grid 1.0 .. 0.55) minimising the block's squared weight error.
+- `awq-clip` (default when calibration statistics exist): the same search minimising the *output* error of a diagonal
+  model, sum_k E[x_k^2] (w_k - q_k)^2, with E[x_k^2] the calibrated mean square of input channel k.
+- `gptq`: GPTQ (Frantar et al. 2022) with the calibrated input Hessian X^T X, group scales chosen by the clip search
+  as each group starts, errors propagated to the columns not yet quantized.
+
+Block size: the requested one (128) where it divides K, else the largest power of two >= 16 that divides K: hidden
+576 (SmolLM2-135M) gets block 64 (576 = 9 x 64), no padding (padding K would change the activation's shape too).
+Mixed precision: MatMuls whose kind is listed in `opts.int8_layers` (e.g. "down,up,v") get INT8 weights in the
+same block form (ORT fuses that into an 8-bit MatMulNBits) instead of INT4.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import time
+
+import numpy as np
+
+from . import graphio
+
+OPSET = 21
+CLIP_GRID = tuple(np.round(np.linspace(1.0, 0.55, 10), 3))
+_KIND = re.compile(r"/(?:mlp/)?(q|k|v|o|gate|up|down)_proj(?:_(\d+))?/MatMul$")
+
+
+def layer_of(node_name: str) -> tuple[str | None, int | None]:
+    """('down', 3) for '/mlp/down_proj_3/MatMul'; (None, None) for a MatMul outside the decoder layers."""
+    m = _KIND.search(node_name)
+    if not m:
+        return None, None
+    return m.group(1), int(m.group(2) or 0)
+
+
+def block_for(k: int, want: int) -> int | None:
+    """The block size used for a weight with K input rows (see the module doc)."""
+    b = want
+    while b >= 16:
+        if k % b == 0:
+            return b
+        b //= 2
+    return None
+
+
+# ---- the weight math -----------------------------------------------------------------------------------------
+def _scales(w: np.ndarray, block: int, qmax: int, ratio: np.ndarray | float = 1.0) -> np.ndarray:
+    K, N = w.shape
+    amax = np.abs(w.reshape(K // block, block, N)).max(axis=1)
+    s = amax * ratio / qmax
+    return np.where(s > 0, s, 1.0).astype(np.float32)
+
+
+def _fake(w: np.ndarray, s: np.ndarray, block: int, qmin: int, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    K, N = w.shape
+    wb = w.reshape(K // block, block, N)
+    q = np.clip(np.rint(wb / s[:, None, :]), qmin, qmax)
+    return q.reshape(K, N), (q * s[:, None, :]).reshape(K, N)
+
+
+def clip_search(w: np.ndarray, block: int, bits: int, importance: np.ndarray | None = None,
+                grid=CLIP_GRID) -> np.ndarray:
+    """Per-block scales minimising sum_k importance_k (w - dq(w))^2 over the ratio grid."""
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    K, N = w.shape
+    imp = np.ones((K, 1), np.float32) if importance is None else importance.reshape(K, 1).astype(np.float32)
+    best_s, best_e = None, None
+    for r in grid:
+        s = _scales(w, block, qmax, r)
+        _, dq = _fake(w, s, block, qmin, qmax)
+        e = ((w - dq) ** 2 * imp).reshape(K // block, block, N).sum(axis=1)
+        if best_s is None:
+            best_s, best_e = s, e
+        else:
+            better = e < best_e
+            best_s, best_e = np.where(better, s, best_s), np.minimum(e, best_e)
+    return best_s
+
+
+def gptq(w: np.ndarray, hessian: np.ndarray, block: int, bits: int, damp: float = 0.01,
+         importance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ on w [K, N] (y = x @ w) with H = X^T X [K, K]; -> (q [K, N] ints, scales [K/block, N])."""
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    W = np.array(w, dtype=np.float64).T.copy()  # [N, K]: columns are input channels, as in the paper
+    K = W.shape[1]
+    H = np.array(hessian, dtype=np.float64)
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H[np.diag_indices(K)] += damp * np.mean(np.diag(H))
+    Hinv = np.linalg.cholesky(np.linalg.inv(H)).T  # upper
+    Q = np.zeros_like(W)
+    S = np.zeros((K // block, W.shape[0]), np.float32)
+    for g in range(0, K, block):  # one group = one lazy-update block
+        S[g // block] = clip_search(W[:, g:g + block].T.astype(np.float32), block, bits,
+                                    None if importance is None else importance[g:g + block])[0]
+        s = S[g // block].astype(np.float64)
+        Wg, Hg = W[:, g:g + block].copy(), Hinv[g:g + block, g:g + block]
+        Eg = np.zeros_like(Wg)
+        for j in range(block):
+            col = Wg[:, j]
+            q = np.clip(np.rint(col / s), qmin, qmax)
+            Q[:, g + j] = q
+            err = (col - q * s) / Hg[j, j]
+            Wg[:, j:] -= np.outer(err, Hg[j, j:])
+            Eg[:, j] = err
+        W[:, g + block:] -= Eg @ Hinv[g:g + block, g + block:]
+    return Q.T.astype(np.int8), S
+
+
+def quantize_weight(w: np.ndarray, block: int, bits: int, method: str, stats: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """-> (q ints [K, N] as int8, scales [K/block, N] float32)."""
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    w = np.asarray(w, np.float32)
+    imp = None if not stats else stats.get("mean_sq")
+    if method == "gptq" and stats and stats.get("hessian") is not None:
+        return gptq(w, stats["hessian"], block, bits, importance=imp)
+    if method == "rtn":
+        s = _scales(w, block, qmax)
+    else:
+        s = clip_search(w, block, bits, imp if method in ("awq-clip", "gptq") else None)
+    q, _ = _fake(w, s, block, qmin, qmax)
+    return q.astype(np.int8), s
+
+
+def pack_int4(q: np.ndarray) -> bytes:
+    """ONNX INT4 layout: element 2i in the low nibble, 2i+1 in the high nibble of byte i (row-major)."""
+    flat = (q.reshape(-1).astype(np.int16) & 0xF).astype(np.uint8)
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    return (flat[0::2] | (flat[1::2] << 4)).tobytes()
+
+
+# ---- the graph rewrite ---------------------------------------------------------------------------------------
+def gemm_to_matmul(model) -> int:
+    """Gemm(x, W^T, b) with a constant W (alpha = beta = 1, transA = 0) -> MatMul(x, W') + b: the form the
+    weight quantizers take. Returns how many were rewritten."""
+    from onnx import helper, numpy_helper
+
+    inits = graphio.initializers(model)
+    nodes, count = [], 0
+    for n in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        ok = (n.op_type == "Gemm" and len(n.input) >= 2 and n.input[1] in inits and attrs.get("alpha", 1.0) == 1.0
+              and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0))
+        if not ok:
+            nodes.append(n)
+            continue
+        t = inits[n.input[1]]
+        w = graphio.array(t)
+        if attrs.get("transB", 0):
+            w = np.ascontiguousarray(w.T)
+        new = numpy_helper.from_array(w, t.name + "_kn")  # inline until save (read again right after)
+        model.graph.initializer.remove(t)
+        model.graph.initializer.append(new)
+        inits[new.name] = new
+        mm_out = n.output[0] + "_mm" if len(n.input) > 2 and n.input[2] else n.output[0]
+        nodes.append(helper.make_node("MatMul", [n.input[0], new.name], [mm_out], name=n.name + "_MatMul"))
+        if mm_out != n.output[0]:
+            nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=n.name + "_Add"))
+        count += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return count
+
+
+def to_opset21(model):
+    """Convert the default-domain opset to 21 (ReduceMean/ReduceSum axes become inputs, ...)."""
+    from onnx import version_converter
+
+    cur = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if cur is not None and cur >= OPSET:
+        return model
+    return version_converter.convert_version(model, OPSET)
+
+
+def weight_matmuls(model) -> list:
+    """(node, initializer) of every MatMul whose B is a 2-D constant used by that node alone."""
+    inits = graphio.initializers(model)
+    uses: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    out = []
+    for n in model.graph.node:
+        if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2 \
+                and uses[n.input[1]] == 1:
+            out.append((n, inits[n.input[1]]))
+    return out
+
+
+def dq_weight(model, node, t, q: np.ndarray, scales: np.ndarray, block: int, bits: int) -> None:
+    """Replace MatMul B = t with DequantizeLinear(INT4/INT8 q, scales, axis 0, block_size) in place."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    K, N = q.shape
+    base = t.name
+    qtype = TensorProto.INT4 if bits == 4 else TensorProto.INT8
+    raw = pack_int4(q) if bits == 4 else q.astype(np.int8).tobytes()
+    qt = helper.make_tensor(base + f"_q{bits}", qtype, [K, N], raw, raw=True)
+    st = numpy_helper.from_array(scales.astype(np.float32), base + "_scale")
+    model.graph.initializer.remove(t)
+    model.graph.initializer.extend([graphio.put(qt), graphio.put(st)])
+    dq_out = base + "_dq"
+    dq = helper.make_node("DequantizeLinear", [qt.name, st.name], [dq_out], name=node.name + "_DQ", axis=0,
+                          block_size=block)
+    idx = list(model.graph.node).index(node)
+    model.graph.node.insert(idx, dq)
+    node.input[1] = dq_out
+
+
+def _stats_for(calib, graph: str, act_name: str) -> dict | None:
+    """Calibration statistics of one MatMul's activation input: {'mean_sq': [K], 'hessian': [K, K] or None}."""
+    if calib is None:
+        return None
+    getter = getattr(calib, "matmul_stats", None)
+    if getter is not None:
+        return getter(graph, act_name)
+    per = calib.get(graph, {}) if isinstance(calib, dict) else {}
+    return per.get(act_name)
+
+
+def quantize_int4(model, graph: str, calib, opts) -> tuple[object, dict]:
+    """The int4 mode function (quant API contract): -> (model, manifest `quantization` entry)."""
+    t0 = time.time()
+    method = opts.method or ("awq-clip" if calib is not None else "clip")
+    if method not in INT4_METHODS:
+        raise ValueError(f"unknown int4 method {method!r}")
+    gemm_to_matmul(model)
+    model = to_opset21(model)
+    int8_kinds = set(getattr(opts, "int8_layers", ()) or ())
+    kept, counts, blocks = [], {"int4": 0, "int8": 0}, set()
+    pairs = weight_matmuls(model)
+    for i, (node, t) in enumerate(pairs):
+        w = graphio.array(t)
+        block = block_for(w.shape[0], opts.block_size)
+        if block is None or w.dtype not in (np.float32, np.float16):
+            kept.append(node.name)
+            continue
+        kind, _ = layer_of(node.name)
+        bits = 8 if kind in int8_kinds else 4
+        stats = _stats_for(calib, graph, node.input[0])
+        q, s = quantize_weight(w, block, bits, method if stats or method in ("rtn", "clip") else "clip", stats)
+        dq_weight(model, node, t, q, s, block, bits)
+        counts[f"int{bits}"] += 1
+        blocks.add(block)
+        if getattr(opts, "progress", False) and (i % 16 == 15 or i == len(pairs) - 1):
+            print(f"  {graph}: {i + 1}/{len(pairs)} weights ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
+    entry = {"mode": "int4", "scheme": "W4A16", "format": "QDQ DequantizeLinear(axis=0, block_size) -> MatMul",
+             "weights": "int4 symmetric block-wise (zero point 0)", "activations": "float (unquantized)",
+             "block_size": opts.block_size, "method": method, "opset": OPSET, "matmuls_int4": counts["int4"],
+             "matmuls_int8": counts["int8"], "int8_layers": sorted(int8_kinds), "kept_float": kept,
+             "blocks_used": sorted(blocks),
+             "seconds": round(time.time() - t0, 1)}
+    return model, entry
+
+
+INT4_METHODS = ("rtn", "clip", "awq-clip", "gptq")
