@@ -138,11 +138,15 @@ class Pipeline:
 
     def chat_stream(self, question: str, images: Sequence = (), **kw) -> Iterator[str]:
         """Yields the answer's text as it is generated (stops at EOS or a stop string)."""
+        yield from self.detokenize(self.chat_token_ids(question, images, **kw))
+
+    def detokenize(self, token_ids: Iterator[int]) -> Iterator[str]:
+        """New token ids (as sampled) -> text pieces, cut at EOS or a stop string (also used by serving)."""
         tok, stops = self.bundle.tokenizer, self.stop_ids()
         stop_strings = self.bundle.manifest.prompts.get("stop_strings", [])
         out: list[int] = []
         emitted = ""
-        for t in self.chat_token_ids(question, images, **kw):  # validation runs before the first token
+        for t in token_ids:  # validation runs before the first token
             if t in stops:
                 break
             out.append(t)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,10 +88,18 @@ class Handle:
             raise self._error
         return self._result
 
-    def tokens(self, timeout: float | None = None):
-        """Yields token ids as they are sampled; raises the request's error at the end if it failed."""
+    def tokens(self, timeout: float | None = None, cancelled: Callable[[], bool] | None = None):
+        """Yields token ids as they are sampled; raises the request's error at the end if it failed.
+        `cancelled`: polled while waiting (e.g. "has the client gone?"); when true the request is cancelled."""
         while True:
-            t = self._stream.get(timeout=timeout)
+            try:
+                t = self._stream.get(timeout=0.25 if cancelled is not None else timeout)
+            except queue.Empty:
+                if cancelled is None:
+                    raise TimeoutError("no token within the timeout") from None
+                if cancelled():
+                    self.cancel()
+                continue
             if t is _END:
                 break
             yield t
