@@ -1,0 +1,448 @@
+"""INT8 W8A8 in the static QDQ form (and the shared machinery of fp8.py).
+
+Graph form, per weight MatMul (and Gemm, whose B [N, K] with transB gets its scales on axis 0):
+
+    x -> [Mul(1/s) where smoothing cannot fold] -> QuantizeLinear(scale_x, zp 0 int8) -> DequantizeLinear -> MatMul A
+    W' = diag(s) W  (int8 [K, N] constant) -> DequantizeLinear(axis 1 = the N output channels, scales [N], zp 0) -> B
+
+Weights per output channel, symmetric; activations per tensor, static (calibrated), symmetric (zero point 0): what
+TensorRT 10 builds and what ONNX Runtime's CPU optimizer fuses into `MatMulIntegerToFloat` (checked in
+tests/test_quant_accuracy.py with SessionOptions.optimized_model_filepath). One Q + DQ per
+consumer, each with its own scale initializers (ORT fuses only a Q -> DQ -> MatMul chain of single consumers).
+
+Measured here (2-core AVX2 EPYC without VNNI, onnxruntime 1.32): ORT's x86 u8s8 kernel sums pairs of u8*s8
+products in int16 (vpmaddubsw) and saturates on full-range int8 weights (-127..127): an 11% relative output error
+on a random 256x512 MatMul against the exact integer result. The session option `session.x64quantprecision = 1`
+makes it exact for ~5% time; the alternative is 7-bit weights (`weight_qmax` 63, ORT's own `reduce_range`).
+The bundle records `ort_session_config` in its quantization entry; the runtime's ORT backend must set it.
+
+Accuracy work (QUANT_FACTS: per-tensor static A8 on a trained LM is +118% perplexity plain):
+- SmoothQuant (Xiao et al. 2022): s_k = max|x_k|^a / max|W_k,:|^(1-a) per input channel, x' = x / s, W' = diag(s) W.
+  1/s is folded into the producer where exact: the RMSNorm weight (q/k/v, gate/up inputs), the up_proj output
+  columns (down_proj input = silu(gate) * up); elsewhere (o_proj input) a Mul is inserted. The alpha is searched
+  per activation tensor (grid incl. "off") minimising the quantized output error on calibration rows.
+- Activation scale: calibrators `minmax`, `percentile` (99.99), `entropy` (onnxruntime.quantization's
+  HistogramCollector over the calibration rows) or `mse` (default: clip ratio searched for the least output error of
+  the quantized MatMuls on calibration rows, hand-written).
+- Mixed precision: the `keep_float` most sensitive MatMuls (by the measured per-MatMul error, the table recorded
+  in the manifest entry and the report) stay float; or name them (kinds `down`, layers `down:3`, node names).
+
+What onnxruntime.quantization is used for: the entropy calibrator (HistogramCollector). What is hand-written and why:
+the Q/DQ insertion (quantize_static re-runs its own calibration through a CalibrationDataReader, i.e. it would need
+every step's full KV-cache feeds stored, holds the whole model in memory and puts per-channel scales on the wrong
+MatMul axis unless told), SmoothQuant (ORT's needs neural-compressor) and the scale searches.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import graphio
+
+ORT_SESSION_CONFIG = {"session.x64quantprecision": "1"}
+ALPHAS = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # None: no smoothing
+CLIPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+_KIND = re.compile(r"/(?:mlp/)?(q|k|v|o|gate|up|down)_proj(?:_(\d+))?/MatMul$")
+
+
+def layer_of(node_name: str) -> tuple[str | None, int | None]:
+    m = _KIND.search(node_name)
+    return (m.group(1), int(m.group(2) or 0)) if m else (None, None)
+
+
+# ---- number formats -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scheme:
+    name: str  # int8 | fp8
+    qmax: float  # largest code magnitude (127, or 448 for E4M3)
+    onnx_type: int  # TensorProto data type
+
+    def fake(self, x: np.ndarray, scale) -> np.ndarray:
+        """Quantize-dequantize (round to nearest even, saturate)."""
+        if self.name == "fp8":
+            import ml_dtypes
+
+            y = np.clip(x / scale, -self.qmax, self.qmax).astype(ml_dtypes.float8_e4m3fn)
+            return y.astype(np.float32) * scale
+        return np.clip(np.rint(x / scale), -self.qmax, self.qmax) * scale
+
+    def encode(self, x: np.ndarray, scale) -> np.ndarray:
+        if self.name == "fp8":
+            import ml_dtypes
+
+            return np.clip(x / scale, -self.qmax, self.qmax).astype(ml_dtypes.float8_e4m3fn)
+        return np.clip(np.rint(x / scale), -self.qmax, self.qmax).astype(np.int8)
+
+
+def int8_scheme(weight_qmax: int = 127) -> Scheme:
+    from onnx import TensorProto
+
+    return Scheme("int8", float(weight_qmax), TensorProto.INT8)
+
+
+# ---- options ----------------------------------------------------------------------------------------------------
+@dataclass
+class QdqConfig:
+    smooth: str | float = "auto"  # "auto" (alpha searched per tensor, incl. off) | "off" | a fixed alpha
+    calibrator: str = "mse"  # mse | minmax | percentile | entropy
+    percentile: float = 99.99
+    keep_float: int | tuple = 0  # the N most sensitive MatMuls stay float, or names (kinds, kind:layer, nodes)
+    weight_qmax: int = 127  # 63 = ORT's reduce_range (7-bit weights, exact on AVX2 without the session option)
+    search_rows: int = 256  # calibration rows used by the searches
+    extra: dict = field(default_factory=dict)
+
+
+def config_from(opts, mode: str) -> QdqConfig:
+    """QuantOptions -> QdqConfig: knobs from opts.extra[mode] (e.g. {'smooth': 0.8, 'keep_float': 4})."""
+    d = dict(getattr(opts, "extra", {}) or {}).get(mode, {}) if opts is not None else {}
+    cfg = QdqConfig(**{k: v for k, v in d.items() if k in QdqConfig.__dataclass_fields__})
+    if isinstance(cfg.keep_float, list):
+        cfg.keep_float = tuple(cfg.keep_float)
+    if cfg.calibrator not in ("mse", "minmax", "percentile", "entropy"):
+        raise ValueError(f"unknown calibrator {cfg.calibrator!r}")
+    return cfg
+
+
+# ---- graph helpers ----------------------------------------------------------------------------------------------
+def weight_groups(model) -> dict[str, list]:
+    """activation tensor -> [(MatMul node, weight initializer)] for MatMuls with a 2-D constant B used once."""
+    inits = graphio.initializers(model)
+    uses: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    groups: dict[str, list] = {}
+    for n in model.graph.node:
+        ok = n.op_type == "MatMul" or (n.op_type == "Gemm" and _attr(n, "transA", 0) == 0
+                                        and _attr(n, "alpha", 1.0) == 1.0 and _attr(n, "beta", 1.0) == 1.0)
+        if ok and n.input[1] in inits and len(inits[n.input[1]].dims) == 2 and uses[n.input[1]] == 1:
+            groups.setdefault(n.input[0], []).append((n, inits[n.input[1]]))
+    return groups
+
+
+def _attr(node, name: str, default):
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def out_axis(node) -> int:
+    """The output-channel axis of a weight as stored: 1 for MatMul B [K, N]; 0 for Gemm with transB ([N, K])."""
+    return 0 if node.op_type == "Gemm" and _attr(node, "transB", 0) else 1
+
+
+def as_kn(node, w: np.ndarray) -> np.ndarray:
+    return w.T if out_axis(node) == 0 else w
+
+
+def _producers(model) -> dict:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def _consumers(model) -> dict:
+    c: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            c.setdefault(i, []).append(n)
+    return c
+
+
+def fold_plan(model, act: str, group_nodes: list, groups: dict) -> tuple[str, str | None]:
+    """Where 1/s of a smoothed activation goes: ('norm', init name) | ('cols', weight name) | ('mul', None)."""
+    inits, prod, cons = graphio.initializers(model), _producers(model), _consumers(model)
+    p = prod.get(act)
+    names = {n.name for n in group_nodes}  # other consumers may only read the shape
+    only_group = all(n.name in names or n.op_type == "Shape" for n in cons.get(act, []))
+    if p is None or p.op_type != "Mul" or not only_group:
+        return "mul", None
+    for i in p.input:  # the RMSNorm weight: a 1-D constant (copied for this Mul where shared or an Identity of one)
+        src = prod[i].input[0] if i in prod and prod[i].op_type == "Identity" else i
+        if src in inits and len(inits[src].dims) == 1:
+            return "norm", i
+    weight_of = {n.output[0]: t.name for nodes in groups.values() for n, t in nodes}
+    for i in p.input:  # silu(gate) * up: scale up_proj's output columns
+        if i in weight_of and len(cons.get(i, [])) == 1:
+            return "cols", weight_of[i]
+    return "mul", None
+
+
+# ---- the searches -----------------------------------------------------------------------------------------------
+def _smooth_vec(x_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float | None) -> np.ndarray:
+    if alpha is None:
+        return np.ones_like(x_absmax)
+    s = np.power(np.maximum(x_absmax, 1e-5), alpha) / np.power(np.maximum(w_absmax, 1e-5), 1 - alpha)
+    return np.clip(s, 1e-4, 1e4).astype(np.float32)
+
+
+def weight_fake(w: np.ndarray, scheme: Scheme) -> np.ndarray:
+    s = np.maximum(np.abs(w).max(0), 1e-12) / scheme.qmax  # per output channel (axis 1 of [K, N])
+    return scheme.fake(w, s).astype(np.float32)
+
+
+def act_scale(x_s: np.ndarray, absmax: float, ws_fq: list, refs: list, scheme: Scheme, cfg: QdqConfig,
+              act_qmax: float) -> tuple[float, float]:
+    """(scale, error) of the activation for the calibrator; x_s: smoothed sample rows."""
+    def err(scale: float) -> float:
+        xq = scheme.fake(x_s, scale)
+        return float(sum(np.sum((xq @ w - r) ** 2) / max(np.sum(r ** 2), 1e-20) for w, r in zip(ws_fq, refs)))
+
+    if cfg.calibrator == "minmax":
+        s = absmax / act_qmax
+    elif cfg.calibrator in ("percentile", "entropy"):
+        s = ort_histogram_threshold(x_s, cfg.calibrator, cfg.percentile) / act_qmax
+    else:
+        best = min(((err(r * absmax / act_qmax), r) for r in CLIPS))
+        return r_scale(best[1], absmax, act_qmax), best[0]
+    s = max(s, 1e-12)
+    return s, err(s)
+
+
+def ort_histogram_threshold(x: np.ndarray, method: str, percentile: float) -> float:
+    """|threshold| from onnxruntime.quantization's HistogramCollector (entropy or percentile) over these rows."""
+    import contextlib
+    import io
+
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    hc = HistogramCollector(method, symmetric=True, num_bins=2048, num_quantized_bins=128, percentile=percentile,
+                            scenario="same")
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints progress lines
+        hc.collect({"x": [np.asarray(x, np.float32)]})
+        r = hc.compute_collection_result()["x"]
+    lo, hi = (r[0], r[1]) if isinstance(r, tuple) else r.range_value
+    return max(abs(float(lo)), abs(float(hi)))
+
+
+def r_scale(r: float, absmax: float, qmax: float) -> float:
+    return max(r * absmax / qmax, 1e-12)
+
+
+@dataclass
+class GroupPlan:
+    act: str
+    nodes: list  # MatMul nodes
+    weights: list  # initializer names
+    s: np.ndarray | None  # smoothing vector (None: none)
+    alpha: float | None
+    scale: float  # activation scale (after smoothing)
+    error: float  # sum over consumers of the relative squared output error on calibration rows
+    per_node: dict  # node name -> relative error
+    fold: tuple = ("mul", None)
+
+
+def plan_group(model, act: str, nodes: list, stats, scheme: Scheme, cfg: QdqConfig, act_qmax: float,
+               rng: np.random.Generator) -> GroupPlan:
+    ws = [as_kn(n, graphio.array(t).astype(np.float32)) for n, t in nodes]
+    x_absmax = np.asarray(stats.absmax_ch, np.float32)
+    x = np.asarray(stats.samples, np.float32)
+    if len(x) > cfg.search_rows:
+        x = x[rng.choice(len(x), cfg.search_rows, replace=False)]
+    refs = [x @ w for w in ws]
+    w_absmax = np.max([np.abs(w).max(1) for w in ws], axis=0)
+    if cfg.smooth == "auto":
+        alphas = ALPHAS
+    elif cfg.smooth in ("off", None):
+        alphas = (None,)
+    else:
+        alphas = (float(cfg.smooth),)
+    best = None
+    for a in alphas:
+        s = _smooth_vec(x_absmax, w_absmax, a)
+        ws_fq = [weight_fake(w * s[:, None], scheme) for w in ws]
+        scale, e = act_scale(x / s, float((x_absmax / s).max()), ws_fq, refs, scheme, cfg, act_qmax)
+        if best is None or e < best[0]:
+            best = (e, a, s, scale, ws_fq)
+    e, a, s, scale, ws_fq = best
+    xq = scheme.fake(x / s, scale)
+    per = {n.name: float(np.sum((xq @ w - r) ** 2) / max(np.sum(r ** 2), 1e-20))
+           for (n, _), w, r in zip(nodes, ws_fq, refs)}
+    return GroupPlan(act, [n for n, _ in nodes], [t.name for _, t in nodes], None if a is None else s, a, scale, e,
+                     per)
+
+
+def choose_keep(plans: list[GroupPlan], keep) -> set[str]:
+    """Node names kept float: the `keep` most sensitive (int), or those matching names / kinds / kind:layer."""
+    if isinstance(keep, int):
+        ranked = sorted(((e, n) for p in plans for n, e in p.per_node.items()), reverse=True)
+        return {n for _, n in ranked[:keep]}
+    want = set(keep)
+    out = set()
+    for p in plans:
+        for n in p.nodes:
+            kind, layer = layer_of(n.name)
+            if n.name in want or kind in want or f"{kind}:{layer}" in want:
+                out.add(n.name)
+    return out
+
+
+# ---- the rewrite ------------------------------------------------------------------------------------------------
+def _const(model, name: str, arr: np.ndarray):
+    from onnx import numpy_helper
+
+    t = graphio.put(numpy_helper.from_array(arr, name))
+    model.graph.initializer.append(t)
+    return t
+
+
+def _replace_init(model, t, arr: np.ndarray) -> None:
+    from onnx import numpy_helper
+
+    new = graphio.put(numpy_helper.from_array(arr.astype(graphio.np_dtype(t.data_type)), t.name))
+    model.graph.initializer.remove(t)
+    model.graph.initializer.append(new)
+
+
+def _insert_before(model, node, new_nodes: list) -> None:
+    idx = list(model.graph.node).index(node)
+    for k, nn in enumerate(new_nodes):
+        model.graph.node.insert(idx + k, nn)
+
+
+def apply_plans(model, plans: list[GroupPlan], keep: set[str], scheme: Scheme, act_qmax: float) -> dict:
+    """Fold the smoothing, write quantized weights and the Q/DQ nodes. Returns counts."""
+    from onnx import helper
+
+    inits = graphio.initializers(model)
+    col_div: dict[str, np.ndarray] = {}  # weight name -> divide its output columns by this (folded smoothing)
+    for p in plans:
+        if p.s is None:
+            continue
+        kind, target = p.fold
+        if kind == "norm":
+            prod = _producers(model)
+            src = prod[target].input[0] if target in prod else target  # through an Identity (tied weights)
+            t = inits[src]
+            new = _const(model, p.act + "_norm_w", (graphio.array(t).astype(np.float32) / p.s).astype(np.float32))
+            mul = prod[p.act]
+            mul.input[list(mul.input).index(target)] = new.name
+        elif kind == "cols":
+            col_div[target] = p.s
+        else:
+            inv = _const(model, p.act + "_smooth_inv", (1.0 / p.s).astype(np.float32))
+            out = p.act + "_smoothed"
+            _insert_before(model, p.nodes[0], [helper.make_node("Mul", [p.act, inv.name], [out], name=out + "_Mul")])
+            for n in p.nodes:
+                n.input[0] = out
+    counts = {"quantized": 0, "float": 0}
+    inits = graphio.initializers(model)
+    zq = scheme.onnx_type
+    for p in plans:
+        act_in = p.nodes[0].input[0]  # after a smoothing Mul this is the smoothed tensor
+        qnodes = [n for n in p.nodes if n.name not in keep]
+        qnames = {n.name for n in qnodes}
+        for n, wname in zip(p.nodes, p.weights):
+            t = inits[wname]
+            w = as_kn(n, graphio.array(t).astype(np.float32))  # [K, N]
+            if p.s is not None:
+                w = w * p.s[:, None]
+            if wname in col_div:
+                w = w / col_div[wname][None, :]
+            if n.name not in qnames:
+                if p.s is not None or wname in col_div:
+                    _replace_init(model, t, as_kn(n, w))
+                counts["float"] += 1
+                continue
+            ws = (np.maximum(np.abs(w).max(0), 1e-12) / scheme.qmax).astype(np.float32)
+            q = np.ascontiguousarray(as_kn(n, scheme.encode(w, ws)))  # stored as the node reads it
+            qt = helper.make_tensor(wname + "_q", zq, list(q.shape), q.tobytes(), raw=True)
+            model.graph.initializer.remove(t)
+            model.graph.initializer.append(graphio.put(qt))
+            st = _const(model, wname + "_scale", ws)
+            zt = _const_zero(model, wname + "_zp", zq, [len(ws)])
+            dq = helper.make_node("DequantizeLinear", [qt.name, st.name, zt], [wname + "_dq"], name=n.name + "_wDQ",
+                                  axis=out_axis(n))
+            _insert_before(model, n, [dq])
+            n.input[1] = wname + "_dq"
+            counts["quantized"] += 1
+        if not qnodes:
+            continue
+        # One Q + DQ per consumer, each with its own scale / zero-point initializers (same values): ORT fuses a
+        # Q -> DQ -> MatMul chain into MatMulIntegerToFloat only where the Q output has that one consumer, and its
+        # common-subexpression pass would merge Q nodes that share their initializers (measured, onnxruntime 1.32).
+        for k, n in enumerate(qnodes):
+            base = f"{act_in}_{k}"
+            sc = _const(model, base + "_qscale", np.array(p.scale, np.float32))
+            zp = _const_zero(model, base + "_qzp", zq, [])
+            qn = helper.make_node("QuantizeLinear", [act_in, sc.name, zp], [base + "_q"], name=base + "_Q")
+            dq = helper.make_node("DequantizeLinear", [base + "_q", sc.name, zp], [base + "_dq"], name=base + "_DQ")
+            n.input[0] = base + "_dq"
+            _insert_before(model, n, [qn, dq])
+            if scheme.name == "int8" and n.op_type == "Gemm" and len(n.input) > 2 and n.input[2] in inits:
+                _int32_bias(model, n, inits[n.input[2]], p.scale)
+    return counts
+
+
+def _int32_bias(model, node, t, act_scale: float) -> None:
+    """Gemm bias as int32 with scale act_scale * weight_scale (per channel) behind a DequantizeLinear: the QDQ Gemm
+    form ORT fuses into QGemm (with a float bias it leaves the Gemm in fp32; measured)."""
+    from onnx import helper
+
+    wscale = graphio.array(graphio.initializers(model)[node.input[1].removesuffix("_dq") + "_scale"])
+    bs = (wscale.astype(np.float64) * act_scale).astype(np.float32)
+    bias = graphio.array(t).astype(np.float64)
+    q = np.clip(np.rint(bias / bs), -2**31 + 1, 2**31 - 1).astype(np.int32)
+    base = t.name + "_i32"
+    qt = _const(model, base, q)
+    st = _const(model, base + "_scale", bs)
+    zt = _const(model, base + "_zp", np.zeros(len(bs), np.int32))
+    dq = helper.make_node("DequantizeLinear", [qt.name, st.name, zt.name], [base + "_dq"], name=base + "_DQ", axis=0)
+    _insert_before(model, node, [dq])
+    node.input[2] = base + "_dq"
+
+
+def _const_zero(model, name: str, qtype: int, shape: list) -> str:
+    from onnx import helper
+
+    n = int(np.prod(shape)) if shape else 1
+    model.graph.initializer.append(helper.make_tensor(name, qtype, shape, [0] * n))
+    return name
+
+
+def quantize_qdq(model, graph: str, calib, opts, scheme: Scheme, act_qmax: float, mode: str):
+    """The shared W?A? static QDQ rewrite of every weight MatMul with calibration statistics."""
+    t0 = time.time()
+    cfg = config_from(opts, mode)
+    if calib is None:
+        raise ValueError(f"{mode} needs calibration statistics (activation scales)")
+    groups = weight_groups(model)
+    rng = np.random.default_rng(0)
+    plans, missing = [], []
+    for act, nodes in groups.items():
+        st = calib.stats(graph, act)
+        if st is None or st.samples is None or not len(st.samples):
+            missing.append(act)
+            continue
+        p = plan_group(model, act, nodes, st, scheme, cfg, act_qmax, rng)
+        if p.s is not None:
+            p.fold = fold_plan(model, act, p.nodes, groups)
+        plans.append(p)
+    keep = choose_keep(plans, cfg.keep_float)
+    counts = apply_plans(model, plans, keep, scheme, act_qmax)
+    used = {i for n in model.graph.node for i in n.input}
+    for t in [t for t in model.graph.initializer if t.name not in used]:  # norm weights replaced by smoothed copies
+        model.graph.initializer.remove(t)
+    table = sorted(((e, n) for p in plans for n, e in p.per_node.items()), reverse=True)
+    return model, {
+        "scheme": f"{mode} static QDQ: weights per output channel (MatMul B axis 1) symmetric, activations per "
+                  f"tensor static symmetric (zero point 0)",
+        "weights": scheme.name, "activations": scheme.name, "calibrator": cfg.calibrator,
+        "smoothing": {"mode": str(cfg.smooth), "alphas": {p.act: p.alpha for p in plans},
+                      "folded": {k: sum(1 for p in plans if p.s is not None and p.fold[0] == k)
+                                 for k in ("norm", "cols", "mul")}},
+        "weight_qmax": scheme.qmax, "matmuls_quantized": counts["quantized"], "matmuls_float": counts["float"],
+        "kept_float": sorted(keep), "no_calibration_stats": missing,
+        "sensitivity": [{"node": n, "rel_sq_error": round(e, 6)} for e, n in table[:12]],
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def quantize_int8(model, graph: str, calib, opts) -> tuple[object, dict]:
+    """The int8 mode function (quant API contract): W8A8 static QDQ -> (model, manifest `quantization` entry)."""
+    cfg = config_from(opts, "int8")
+    model, q = quantize_qdq(model, graph, calib, opts, int8_scheme(cfg.weight_qmax), 127.0, "int8")
+    q["ort_session_config"] = dict(ORT_SESSION_CONFIG) if cfg.weight_qmax > 64 else {}
+    q["fused_on_ort_cpu"] = "MatMulIntegerToFloat"
+    return model, q
