@@ -1,0 +1,203 @@
+"""The host library (the CUDA kernels' header compiled for the CPU) against the numpy twin, bit for bit.
+
+Needs `cmake -S . -B build && cmake --build build` (or JANUS_EDGE_NATIVE_DIR); skips without it, except under
+JANUS_EDGE_REQUIRE_NATIVE=1 (CI builds it), where a missing library fails.
+"""
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from janus_edge.errors import BackendUnavailable
+from janus_edge.runtime import native
+from janus_edge.runtime.philox import draw_u32, u01
+from janus_edge.runtime.sampling import (SamplingConfig, SeededSampler, cfg_combine, exp_f32, order_keys, sample,
+                                         weights)
+from test_philox import KAT
+
+REQUIRED = os.environ.get("JANUS_EDGE_REQUIRE_NATIVE") == "1"
+
+
+@pytest.fixture(scope="module")
+def host():
+    try:
+        return native.load_host_lib()
+    except BackendUnavailable as e:
+        if REQUIRED:
+            pytest.fail(f"JANUS_EDGE_REQUIRE_NATIVE=1 but {e}")
+        pytest.skip(f"host library not built: {e}")
+
+
+def test_host_library_is_built_when_required(host):
+    assert native.find_library(native.HOST_LIB)
+
+
+@pytest.mark.parametrize("rounds,ctr,key,want", KAT)
+def test_known_answers(host, rounds, ctr, key, want):
+    assert host.philox(ctr, key, rounds).tolist() == list(want)
+
+
+def test_draws_equal_numpy(host):
+    rng = np.random.default_rng(0)
+    for seed in [0, 1, 2**63 + 12345, 2**64 - 1]:
+        steps = rng.integers(0, 2**40, size=500)
+        images = rng.integers(0, 64, size=500)
+        assert np.array_equal(host.draws(seed, steps, images), draw_u32(seed, steps, images))
+    w = draw_u32(5, np.arange(1000), 0)
+    assert np.array_equal(host.u01(w), u01(w))
+
+
+def test_exp_bits_equal_numpy(host):
+    x = np.concatenate([-np.linspace(0, 70, 300_001), [-np.inf, -0.0, -1e-45, -63.99999, -64.0, -64.00001]])
+    x = x.astype(np.float32)
+    assert np.array_equal(host.expf(x).view(np.uint32), exp_f32(x).view(np.uint32))
+
+
+def test_weights_and_keys_equal_numpy(host):
+    rng = np.random.default_rng(1)
+    l = (rng.normal(size=5000) * 8).astype(np.float32)
+    l[::97] = -np.inf
+    l[1::50] = np.round(l[1::50])
+    l[5] = -0.0
+    for t in [1.0, 0.37, 5.0, 1e-30, 1e-44, 3e38]:
+        lmax = np.float32(l.max())
+        assert np.array_equal(host.weights(l, lmax, t), weights(l, lmax, np.float32(t)).astype(np.uint32)), t
+    assert np.array_equal(host.order_keys(l), order_keys(l))
+
+
+def _numpy_tokens(x, n, has_uncond, w, cfg, seed, step, rows):
+    l = cfg_combine(x[:n], x[n:], w) if has_uncond else x
+    return np.tile(sample(l, cfg, SeededSampler(seed), step), rows)
+
+
+def _logits(rng, rows, v, kind, dtype=np.float32):
+    x = rng.normal(size=(rows, v)) * 3
+    if kind == "ties":       # many exact ties, also at the top
+        x = np.round(x)
+    elif kind == "masked":   # -inf logits, one row nearly all masked
+        x[:, rng.random(v) < 0.3] = -np.inf
+        x[0, :-3] = -np.inf
+    elif kind == "peaked":   # one dominant token: top-p often keeps a single token
+        x[:, 7] += 25
+    return x.astype(dtype)
+
+
+CASES = [  # (vocab, n_images, has_uncond, dtype, logits kind, SamplingConfig)
+    (300, 2, True, np.float32, "normal", SamplingConfig(1.0)),
+    (300, 2, True, np.float32, "ties", SamplingConfig(1.0, top_k=40)),
+    (300, 3, False, np.float32, "ties", SamplingConfig(0.8, top_k=40, top_p=0.9)),
+    (300, 2, True, np.float16, "normal", SamplingConfig(1.3, top_p=0.7)),
+    (500, 2, False, np.float32, "masked", SamplingConfig(1.0, top_k=100, top_p=0.95)),
+    (500, 1, True, np.float32, "peaked", SamplingConfig(1.0, top_p=0.5)),
+    (257, 2, False, np.float32, "normal", SamplingConfig(1.0, top_k=1)),
+    (257, 2, False, np.float32, "ties", SamplingConfig(1.0, top_k=1000)),
+    (257, 2, False, np.float32, "normal", SamplingConfig(1e-30)),
+    (257, 2, False, np.float32, "normal", SamplingConfig(1e-60)),       # rounds to 0 in float32: greedy
+    (257, 2, False, np.float32, "normal", SamplingConfig(0.0)),
+    (16384, 2, True, np.float16, "normal", SamplingConfig(1.0, top_k=4000, top_p=0.9)),
+    (102400, 1, False, np.float32, "normal", SamplingConfig(0.7, top_p=0.8)),
+]
+
+
+@pytest.mark.parametrize("v,n,has_uncond,dtype,kind,cfg", CASES)
+def test_cfg_sample_equals_numpy(host, v, n, has_uncond, dtype, kind, cfg):
+    rng = np.random.default_rng(v + n)
+    x = _logits(rng, 2 * n if has_uncond else n, v, kind, dtype)
+    steps = range(12) if v < 10_000 else range(2)
+    for step in steps:
+        seed = int(rng.integers(0, 2**64, dtype=np.uint64))
+        want = _numpy_tokens(x, n, has_uncond, 5.0, cfg, seed, step, 2)
+        for algo in ["sort", "radix"]:
+            got = host.cfg_sample(x, n, has_uncond, 5.0, cfg.temperature, cfg.top_k, cfg.top_p, seed, step,
+                                  rows_per_image=2, algo=algo)
+            assert np.array_equal(got, want), (algo, step, got, want)
+    if cfg.greedy:
+        l = cfg_combine(x[:n], x[n:], 5.0) if has_uncond else x.astype(np.float32)
+        assert np.array_equal(want[:n], l.argmax(-1))
+
+
+def test_top_p_edges_exact(host):
+    x = np.zeros((1, 6), np.float32)          # six equal weights 2**31: W = 6 * 2**31
+    def seen(p):
+        return {int(host.cfg_sample(x, 1, False, 1, 1.0, None, p, 9, s, algo="radix")[0]) for s in range(200)}
+    assert seen(0.5) == {0, 1, 2}             # prefix mass exactly p: stop there
+    assert seen(0.5 + 1e-9) == {0, 1, 2, 3}   # one token over p
+    assert seen(1.0) == set(range(6))
+    assert seen(1e-12) == {0}
+
+
+def test_all_minus_inf_and_bad_arguments(host):
+    x = np.full((1, 10), -np.inf, np.float32)
+    assert host.cfg_sample(x, 1, False, 1, 1.0, 5, 0.5, 1, 0).tolist() == [0]
+    with pytest.raises(ValueError):
+        host.cfg_sample(np.zeros((2, 4), np.float32), 1, True, 5, -1.0, None, None, 0, 0)
+    with pytest.raises(ValueError):
+        host.cfg_sample(np.zeros((3, 4), np.float32), 1, True, 5, 1.0, None, None, 0, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int8])
+def test_kv_append_equals_numpy_slices(host, dtype):
+    rng = np.random.default_rng(0)
+    rows, kvh, max_len, d, seq = 4, 3, 20, 16, 5
+    mk = lambda *s: (rng.normal(size=s) * 50).astype(dtype)
+    cache = [mk(rows, kvh, max_len, d) for _ in range(6)]
+    new = [mk(rows, kvh, seq, d) for _ in range(6)]
+    want = [c.copy() for c in cache]
+    for c, n in zip(want, new):
+        c[:, :, 7:7 + seq] = n
+    host.kv_append(cache, new, 7)
+    assert all(np.array_equal(a, b) for a, b in zip(cache, want))
+    pos = np.array([0, 3, 15, 9])             # per-row positions (continuous batching)
+    for c, n in zip(want, new):
+        for r, p in enumerate(pos):
+            c[r, :, p:p + seq] = n[r]
+    host.kv_append(cache, new, pos, per_row=True)
+    assert all(np.array_equal(a, b) for a, b in zip(cache, want))
+    with pytest.raises(ValueError, match="out of range"):
+        host.kv_append(cache, new, max_len - seq + 1)
+    assert all(np.array_equal(a, b) for a, b in zip(cache, want))   # nothing written
+
+
+def test_missing_libraries_say_how_to_build(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "REPO", str(tmp_path))
+    monkeypatch.setenv("JANUS_EDGE_NATIVE_DIR", str(tmp_path / "nowhere"))
+    for load, name in [(native.load_host_lib.__wrapped__, native.HOST_LIB),
+                       (native.load_cuda_lib.__wrapped__, native.CUDA_LIB)]:
+        with pytest.raises(BackendUnavailable, match=f"{name} not found.*cmake -S"):
+            load()
+
+
+def _no_gpu() -> bool:
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        return False
+    return cudart.cudaGetDeviceCount()[0] != cudart.cudaError_t.cudaSuccess
+
+
+def test_cuda_library_loads_and_reports_no_gpu():
+    """Where CI built the CUDA library on a machine without a GPU: it loads, and a launch returns the CUDA error."""
+    if native.find_library(native.CUDA_LIB) is None:
+        pytest.skip("CUDA library not built (needs nvcc)")
+    if not _no_gpu():
+        pytest.skip("a GPU is present (or cuda-bindings is missing): tests/test_native_gpu.py covers it")
+    k = native.load_cuda_lib()
+    with pytest.raises(RuntimeError, match="CUDA error"):
+        k.add_i64(0x1000, 1, 1)
+    with pytest.raises(ValueError):
+        k.cfg_sample(0, 1, 16, False, 1.0, 1.0, None, None, 0, 0x1000, 0x1000, 1)
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
+def test_cmake_configures_without_nvcc_and_says_why(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDACXX", "CUDA_PATH", "CUDA_HOME")}
+    env["PATH"] = "/usr/bin:/bin"
+    if shutil.which("nvcc", path=env["PATH"]):
+        pytest.skip("nvcc is in /usr/bin: cannot hide it")
+    r = subprocess.run([shutil.which("cmake"), "-S", repo, "-B", str(tmp_path / "b")], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "CUDA library: not built: no CUDA compiler found" in r.stdout
