@@ -75,7 +75,8 @@ def get_backend(name: str, threads: int | None = None) -> Backend:
         from .ort_backend import OrtBackend
 
         return OrtBackend(threads=threads)
-    if name == "trt":
-        raise BackendUnavailable("backend 'trt' needs TensorRT engines from `janus-edge build`, which this version "
-                                 "does not have yet; use --backend ort")
+    if name == "trt":  # engines from `janus-edge build`; fails here with one line when TensorRT/CUDA/GPU are missing
+        from .trt_backend import TrtBackend
+
+        return TrtBackend(threads=threads)
     raise BackendUnavailable(f"unknown backend {name!r}; choose 'ort' or 'trt'")

@@ -18,6 +18,9 @@ class Bundle:
         except C.ContractError as e:
             raise BundleError(str(e)) from None
         self.path, self.backend = path, backend
+        attach = getattr(backend, "attach", None)  # trt: engines.json checked against this TensorRT and GPU
+        if attach is not None:
+            attach(path, self.manifest)
         self.dims = self.manifest.dims
         self.dtype = self.manifest.dtype
         self.specs = {name: e.spec(name) for name, e in self.manifest.graphs.items()}
