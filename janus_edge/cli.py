@@ -48,6 +48,17 @@ def _verify(a) -> int:
     return 0
 
 
+@command("quantize")
+def _quantize(a) -> int:
+    from janus_edge.quant.api import QuantOptions, quantize_bundle
+
+    opts = QuantOptions(mode=a.mode, graphs=a.graphs, method=a.method, kv_dtype=a.kv_dtype, calib_prompts=a.calib_prompts,
+                        calib_images=a.calib_images, block_size=a.block_size, target=a.target, force=a.force,
+                        int8_layers=tuple(x for x in (a.int8_layers or "").split(",") if x))
+    print(quantize_bundle(a.bundle, a.out, opts))
+    return 0
+
+
 @command("lint-trt")
 def _lint_trt(a) -> int:
     from janus_edge.export.lint_trt import run_cli
@@ -118,6 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="check each graph of a bundle against the PyTorch reference")
     s.add_argument("bundle")
     s.add_argument("--against", required=True, metavar="CKPT")
+
+    s = sub.add_parser("quantize", help="fp bundle -> INT8 / FP8 / INT4 Q/DQ bundle (+ quant_report.json/.md)")
+    s.add_argument("bundle")
+    s.add_argument("--mode", required=True, help="int8 | fp8 | int4")
+    s.add_argument("--out", required=True, metavar="QBUNDLE")
+    s.add_argument("--calib-prompts", default=None, metavar="FILE", help="text-to-image prompts, one per line")
+    s.add_argument("--calib-images", default=None, metavar="DIR", help="images for chat calibration")
+    s.add_argument("--method", default=None, help="int4: rtn | clip | awq-clip | gptq (default awq-clip)")
+    s.add_argument("--graphs", default=None, help="graphs to quantize, e.g. lm,gen_head or lm=int4,gen_head=int8 "
+                   "(default: lm, gen_head, lm_head)")
+    s.add_argument("--kv-dtype", default=None, help="KV cache dtype: float32 | float16 (default: the bundle's)")
+    s.add_argument("--block-size", type=int, default=128, help="int4 block along K (default 128)")
+    s.add_argument("--int8-layers", default=None, help="int4: decoder MatMul kinds kept int8, e.g. down,up,v")
+    s.add_argument("--target", default="any", help="any | ort | trt | orin | ada | hopper | thor (fp8: not orin)")
+    s.add_argument("--force", action="store_true", help="replace an existing --out")
 
     s = sub.add_parser("lint-trt", help="check every op and dtype of a bundle against TensorRT 10.3's ONNX parser")
     s.add_argument("bundle")
