@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,14 +92,17 @@ class Handle:
     def tokens(self, timeout: float | None = None, cancelled: Callable[[], bool] | None = None):
         """Yields token ids as they are sampled; raises the request's error at the end if it failed.
         `cancelled`: polled while waiting (e.g. "has the client gone?"); when true the request is cancelled."""
+        checked = time.monotonic()
         while True:
+            if cancelled is not None and time.monotonic() - checked > 0.1:  # at most 10 probes a second
+                checked = time.monotonic()
+                if cancelled():
+                    self.cancel()
             try:
-                t = self._stream.get(timeout=0.25 if cancelled is not None else timeout)
+                t = self._stream.get(timeout=0.1 if cancelled is not None else timeout)
             except queue.Empty:
                 if cancelled is None:
                     raise TimeoutError("no token within the timeout") from None
-                if cancelled():
-                    self.cancel()
                 continue
             if t is _END:
                 break

@@ -1,0 +1,192 @@
+"""A real tritonserver on 127.0.0.1 (free ports) serving the tiny bundle: concurrency, bad requests, disconnects,
+shutdown. Skipped with the reason where tritonserver (the serving venv, README "Serving") or tritonclient is absent;
+CI sets both up. Bounded: every client call has a timeout, and the servers are stopped at the end."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+
+tritonclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[http,grpc] not installed")
+
+from janus_edge.errors import BackendUnavailable  # noqa: E402
+from janus_edge.serving import client  # noqa: E402
+from janus_edge.serving.launch import TritonServer, find_triton  # noqa: E402
+from janus_edge.serving.repo import RepoOptions, write_repo  # noqa: E402
+
+try:
+    find_triton()
+    MISSING = None
+except BackendUnavailable as e:
+    MISSING = str(e)
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"tritonserver absent: {MISSING}")
+
+ROWS, MAX_LEN = 8, 256
+# (transport, prompt, n, cfg, temperature, top_k, top_p, seed)
+T2I = [("http", "a red fox in snow", 1, 5.0, 1.0, None, None, 1),
+       ("grpc", "blue sky over a calm sea", 1, 3.0, 0.0, None, None, 2),
+       ("http", "a cat", 2, 1.0, 1.0, 40, 0.9, 3),
+       ("grpc", "a lighthouse at night", 1, 5.0, 0.8, None, 0.95, 4),
+       ("http", "a bowl of fruit", 1, 2.0, 1.0, 100, None, 5)]
+CHATS = [("what is in the picture?", True, 24, 0.0, None), ("say something", False, 20, 1.0, 7),
+         ("describe the colours", True, 16, 0.7, 8)]
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_bundle):
+    from janus_edge import Pipeline
+
+    return Pipeline.from_bundle(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_bundle, tmp_path_factory):
+    return write_repo(tiny_bundle, str(tmp_path_factory.mktemp("triton") / "repo"),
+                      RepoOptions(rows=ROWS, max_len=MAX_LEN, max_queue=16))
+
+
+@pytest.fixture(scope="module")
+def server(repo):
+    srv = TritonServer(repo).start(timeout_s=120)
+    yield srv
+    assert srv.stop() == 0, srv.log_tail()
+
+
+@pytest.fixture(scope="module")
+def png(sample_image):
+    buf = io.BytesIO()
+    sample_image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def _t2i(server, r):
+    how, prompt, n, cfg, t, k, p, seed = r
+    fn = client.t2i_http if how == "http" else client.t2i_grpc
+    url = server.http_url if how == "http" else server.grpc_url
+    return fn(url, prompt, n=n, cfg=cfg, temperature=t, top_k=k, top_p=p, seed=seed, timeout_s=120)
+
+
+def _chat(server, png, c, **kw):
+    q, with_image, max_new, t, seed = c
+    return "".join(client.chat_stream(server.grpc_url, q, images=[png] if with_image else [], max_new_tokens=max_new,
+                                      temperature=t, seed=seed, timeout_s=120, **kw))
+
+
+def test_concurrent_mixed_requests_equal_pipeline_and_share_steps(server, pipe, png, sample_image):
+    before = client.stats(server.grpc_url)
+    results: dict = {}
+
+    def run(key, fn):
+        try:
+            results[key] = fn()
+        except Exception as e:  # noqa: BLE001 - recorded and asserted below
+            results[key] = e
+
+    jobs = [(("t2i", i), lambda r=r: _t2i(server, r)) for i, r in enumerate(T2I)]
+    jobs += [(("chat", i), lambda c=c: _chat(server, png, c)) for i, c in enumerate(CHATS)]
+    threads = [threading.Thread(target=run, args=j) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert len(results) == 8 and not any(isinstance(v, Exception) for v in results.values()), results
+    for i, (_, prompt, n, cfg, t, k, p, seed) in enumerate(T2I):
+        ref = pipe.generate_image(prompt, n=n, cfg_weight=cfg, temperature=t, top_k=k, top_p=p, seed=seed)
+        got = results[("t2i", i)]
+        assert (got.tokens == ref.tokens).all(), f"t2i request {i} differs from Pipeline"
+        assert len(got.pngs) == n
+        for data, im in zip(got.pngs, ref.images):
+            assert (_pixels(data) == np.asarray(im)).all()
+    for i, (q, with_image, max_new, t, seed) in enumerate(CHATS):
+        ref = pipe.chat(q, [sample_image] if with_image else [], max_new_tokens=max_new, temperature=t, seed=seed)
+        assert results[("chat", i)] == ref, f"chat request {i} differs from Pipeline"
+    after = client.stats(server.grpc_url)
+    lm_calls = after["lm_calls"] - before["lm_calls"]
+    steps = after["request_steps"] - before["request_steps"]
+    assert after["done"] - before["done"] == 8
+    assert lm_calls < steps, (lm_calls, steps)  # they shared decode steps
+    assert after["active_rows"] == 0
+
+
+def test_bad_requests_get_clear_errors_and_server_keeps_serving(server, pipe):
+    long_prompt = " ".join(["fox"] * 400)
+    with pytest.raises(client.ServerError, match="exceeds the context"):
+        client.t2i_http(server.http_url, long_prompt, seed=0, timeout_s=60)
+    with pytest.raises(client.ServerError, match="cfg weight must be"):
+        client.t2i_grpc(server.grpc_url, "a fox", cfg=0.5, timeout_s=60)
+    with pytest.raises(client.ServerError, match="top-p must be in"):
+        client.t2i_http(server.http_url, "a fox", top_p=0.0, timeout_s=60)
+    with pytest.raises(client.ServerError, match="not a readable image"):
+        list(client.chat_stream(server.grpc_url, "what is this?", images=[b"GIF89a not really an image"],
+                                timeout_s=60))
+    with pytest.raises(client.ServerError, match="question must be"):
+        list(client.chat_stream(server.grpc_url, "   ", timeout_s=60))
+    ok = client.t2i_http(server.http_url, "a fox", seed=9, temperature=0.0, timeout_s=60)
+    ref = pipe.generate_image("a fox", seed=9, temperature=0.0, decode=False).tokens
+    assert (ok.tokens == ref).all()
+    s = client.stats(server.grpc_url)
+    assert s["active_rows"] == 0 and s["queued"] == 0
+
+
+def _long_question(pipe, max_new: int) -> str:
+    """A question whose greedy answer runs to max_new tokens (no stop id), so a disconnect lands mid-stream."""
+    stops = pipe.stop_ids()
+    for q in ["tell me a long story", "count", "describe everything", "go on", "why", "explain"]:
+        toks = list(pipe.chat_token_ids(q, max_new_tokens=max_new, temperature=0.0))
+        if len(toks) == max_new and not stops & set(toks):
+            return q
+    pytest.skip("every candidate question stops early on the tiny model")
+
+
+def test_client_disconnect_mid_stream_frees_its_rows(server, pipe):
+    max_new = MAX_LEN - len(pipe.chat_inputs("tell me a long story")[0]) - 8
+    q = _long_question(pipe, max_new)
+    before = client.stats(server.grpc_url)
+    stream = client.chat_stream(server.grpc_url, q, max_new_tokens=max_new, temperature=0.0, timeout_s=60)
+    got = [next(stream), next(stream)]
+    stream.close()  # the client goes away: the stream is closed and its request cancelled
+    assert all(isinstance(g, str) for g in got)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        s = client.stats(server.grpc_url)
+        if s["cancelled"] > before["cancelled"] and s["active_rows"] == 0:
+            break
+        time.sleep(0.2)
+    assert s["cancelled"] == before["cancelled"] + 1 and s["active_rows"] == 0, s
+    assert s["done"] == before["done"]  # the chat did not run to its end
+    assert s["step_calls"] - before["step_calls"] < max_new - 1
+
+
+def test_shutdown_during_work_ends_cleanly(repo, png):
+    srv = TritonServer(repo, exit_timeout_s=5).start(timeout_s=120)
+    outcomes: list = []
+
+    def run(fn):
+        try:
+            outcomes.append(("ok", fn()))
+        except Exception as e:  # noqa: BLE001 - an error response or a closed connection is a clean end
+            outcomes.append(("error", str(e)))
+
+    jobs = [lambda: _chat(srv, png, ("tell me a long story", False, MAX_LEN - 80, 1.0, i)) for i in range(3)]
+    jobs += [lambda: _t2i(srv, T2I[0]) for _ in range(2)]
+    threads = [threading.Thread(target=run, args=(j,)) for j in jobs]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    rc = srv.stop(timeout_s=60)
+    assert rc == 0, srv.log_tail()
+    assert time.monotonic() - t0 < 30
+    for t in threads:
+        t.join(30)
+    assert len(outcomes) == len(jobs), "a client hung after the server stopped"
+    assert "Traceback" not in srv.log_tail(200)
