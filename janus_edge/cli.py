@@ -101,8 +101,26 @@ def _chat(a) -> int:
                     temperature=a.temperature, top_p=a.top_p, seed=a.seed, threads=a.threads, backend=a.backend)
 
 
+@command("triton-repo")
+def _triton_repo(a) -> int:
+    from janus_edge.serving.cli import run_triton_repo
+
+    return run_triton_repo(a)
+
+
+@command("serve")
+def _serve(a) -> int:
+    from janus_edge.serving.cli import run_serve
+
+    return run_serve(a)
+
+
 @command("bench")
 def _bench(a) -> int:
+    if a.task == "serving":
+        from janus_edge.benchmarks.serving import run_cli as run_serving
+
+        return run_serving(a)
     from janus_edge.benchmarks.runner import BenchConfig, run_cli
 
     cfg = BenchConfig(bundles=a.bundle, task=a.task, json_out=a.json, steps=a.steps, runs=a.runs, threads=a.threads,
@@ -194,7 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="latency benchmark (t2i or chat), optionally against transformers")
     s.add_argument("bundle", nargs="+", help="one or more bundles, measured in one run")
-    s.add_argument("--task", default="t2i", choices=["t2i", "chat"])
+    from janus_edge.serving.cli import add_serving_parsers  # argparse only
+
+    add_serving_parsers(sub)
+
+    s.add_argument("--task", default="t2i", choices=["t2i", "chat", "serving"],
+                   help="serving: images/min and latency at 1, 2, 4 concurrent requests through tritonserver")
     s.add_argument("--json", required=True, help="results file")
     s.add_argument("--steps", type=int, default=None, help="decode steps to time (default: all image tokens)")
     s.add_argument("--runs", type=int, default=1)

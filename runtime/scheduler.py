@@ -188,8 +188,12 @@ class Scheduler:
 
     # ---- submission -------------------------------------------------------------------------------------------
     def submit_image(self, prompt_ids, n: int = 1, cfg_weight: float = 5.0, sampling: SamplingConfig | None = None,
-                     seed: int | None = None, keep_logits: bool = False) -> Handle:
-        """Image tokens for a pre-tokenized t2i prompt (Pipeline.prompt_ids); result(): tokens [n, T] int64."""
+                     seed: int | None = None, keep_logits: bool = False, steps: int | None = None) -> Handle:
+        """Image tokens for a pre-tokenized t2i prompt (Pipeline.prompt_ids); result(): tokens [n, T] int64.
+        `steps` < T: only the first `steps` tokens (benchmarks time a prefix of the image on slow machines)."""
+        T = self.d.num_image_tokens
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T):
+            raise InputError(f"steps must be an integer in [1, {T}], got {steps!r}")
         from .pipeline import _check_cfg
 
         _check_cfg(n, cfg_weight)
@@ -200,7 +204,7 @@ class Scheduler:
         h = Handle(self, "t2i")
         req = _Req(h, "t2i", self.b.embed_text(np.asarray(rows_ids, np.int64)), sampling,
                    SeededSampler(seed), n=int(n), cfg_weight=float(cfg_weight), guided=guided,
-                   max_new=self.d.num_image_tokens, logits=[] if keep_logits else None)
+                   max_new=steps or T, logits=[] if keep_logits else None)
         h.logits = req.logits
         return self._submit(req, f"a prompt of {len(ids)} tokens")
 

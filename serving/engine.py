@@ -25,6 +25,7 @@ class EngineOptions:
     rows: int = 8  # LM rows in the pool (a t2i image with guidance takes 2, a chat 1)
     max_len: int | None = None  # cache slots per row (default: image tokens + 384, within the model context)
     max_queue: int = 16  # requests waiting for rows; beyond it requests fail with "server busy"
+    steps: int | None = None  # benchmarks only: generate this prefix of each image's tokens (no PNG then)
 
 
 def default_max_len(dims) -> int:
@@ -65,7 +66,8 @@ class Engine:
             top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> Handle:
         """Validates and queues; result() -> tokens [n, T]. Raises InputError / Busy at once."""
         ids = self.pipe.prompt_ids(prompt)
-        return self.sched.submit_image(ids, n, cfg_weight, SamplingConfig(temperature, top_k, top_p), seed)
+        return self.sched.submit_image(ids, n, cfg_weight, SamplingConfig(temperature, top_k, top_p), seed,
+                                       steps=self.opts.steps)
 
     def chat(self, question: str, images: Sequence[bytes] = (), max_new_tokens: int = 256, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> Handle:
@@ -77,6 +79,8 @@ class Engine:
         return self.sched.submit_chat(emb, int(max_new_tokens), self.pipe.stop_ids(), sampling, seed)
 
     def pngs(self, tokens: np.ndarray) -> list[bytes]:
+        if tokens.shape[1] < self.dims.num_image_tokens:  # a benchmark's prefix: nothing to decode
+            return []
         return [png_bytes(im) for im in self.pipe.decode_tokens(tokens)]
 
     def text(self, token_ids: Iterator[int]) -> Iterator[str]:

@@ -2,8 +2,9 @@
 
     REPO/chat/config.pbtxt   decoupled Python model: owns the process's one Engine (Pipeline + Scheduler); chat
     REPO/chat/1/model.py     streams; it also takes t2i and stats requests (KIND)
-    REPO/t2i/config.pbtxt    Python model: text -> PNG + tokens (HTTP and gRPC), forwarded to `chat` through BLS
-    REPO/t2i/1/model.py
+    REPO/t2i/config.pbtxt    Python model: text -> PNG + tokens (HTTP and gRPC), forwarded to `chat` through BLS;
+    REPO/t2i/1/model.py      `rows` instances (Triton gives an instance one request at a time, even with an async
+                             execute), so that many t2i requests wait on the one scheduler at once
 The bundle's path and the pool's capacity are parameters of `chat`'s config; the tensor dims come from the
 bundle's manifest (image tokens per image).
 """
@@ -29,6 +30,8 @@ class RepoOptions:
     max_queue: int = 16
     backend: str = "ort"
     threads: int | None = None
+    steps: int | None = None  # benchmarks only: a prefix of each image's tokens, no PNG
+    t2i_instances: int | None = None  # t2i stubs (each holds one request at a time while it waits); default rows
     force: bool = False
 
 
@@ -44,12 +47,12 @@ def _io(kind: str, ts) -> str:
     return f"{kind} [\n{body}\n]\n"
 
 
-def config_pbtxt(name: str, inputs, outputs, decoupled: bool, params: dict | None = None) -> str:
+def config_pbtxt(name: str, inputs, outputs, decoupled: bool, params: dict | None = None, instances: int = 1) -> str:
     s = f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
     if decoupled:
         s += "model_transaction_policy { decoupled: true }\n"
     s += _io("input", inputs) + _io("output", outputs)
-    s += "instance_group [ { kind: KIND_CPU count: 1 } ]\n"
+    s += f"instance_group [ {{ kind: KIND_CPU count: {instances} }} ]\n"
     for k, v in (params or {}).items():
         if v is not None:
             s += f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n'
@@ -62,8 +65,11 @@ def check_options(o: RepoOptions, dims) -> int:
     max_len = o.max_len or default_max_len(dims)
     if not (2 <= max_len <= dims.max_position_embeddings):
         raise InputError(f"--max-len must be in [2, {dims.max_position_embeddings}] (the model context), got {max_len}")
-    if max_len <= dims.num_image_tokens:
-        raise InputError(f"--max-len {max_len} leaves no room for a prompt before {dims.num_image_tokens} image tokens")
+    tokens = o.steps or dims.num_image_tokens
+    if max_len <= tokens:
+        raise InputError(f"--max-len {max_len} leaves no room for a prompt before {tokens} image tokens")
+    if o.steps is not None and not 1 <= o.steps <= dims.num_image_tokens:
+        raise InputError(f"--steps must be in [1, {dims.num_image_tokens}], got {o.steps}")
     if o.backend not in ("ort", "trt"):
         raise InputError(f"--backend must be ort or trt, got {o.backend!r}")
     return max_len
@@ -79,15 +85,15 @@ def write_repo(bundle: str, out: str, opts: RepoOptions | None = None) -> str:
         raise BundleError(str(e)) from None
     dims = m.dims
     max_len = check_options(opts, dims)
-    T = dims.num_image_tokens
+    T = opts.steps or dims.num_image_tokens  # tokens per image in TOKENS
     params = {"bundle": os.path.abspath(bundle), "backend": opts.backend, "threads": opts.threads,
-              "rows": opts.rows, "max_len": max_len, "max_queue": opts.max_queue}
+              "rows": opts.rows, "max_len": max_len, "max_queue": opts.max_queue, "steps": opts.steps}
     with staged_dir(out, opts.force, InputError) as tmp:
-        for name, src, ins, outs, dec, prm in (
-                ("chat", "triton_chat.py", P.CHAT_IN, P.chat_out(T), True, params),
-                ("t2i", "triton_t2i.py", P.T2I_IN, P.t2i_out(T), False, None)):
+        for name, src, ins, outs, dec, prm, k in (
+                ("chat", "triton_chat.py", P.CHAT_IN, P.chat_out(T), True, params, 1),
+                ("t2i", "triton_t2i.py", P.T2I_IN, P.t2i_out(T), False, None, opts.t2i_instances or opts.rows)):
             os.makedirs(os.path.join(tmp, name, "1"))
             shutil.copyfile(os.path.join(HERE, src), os.path.join(tmp, name, "1", "model.py"))
             with open(os.path.join(tmp, name, "config.pbtxt"), "w") as fh:
-                fh.write(config_pbtxt(name, ins, outs, dec, prm))
+                fh.write(config_pbtxt(name, ins, outs, dec, prm, k))
     return os.path.abspath(out)

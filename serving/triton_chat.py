@@ -36,7 +36,8 @@ class TritonPythonModel:
         self.engine = Engine(EngineOptions(
             bundle=_param(cfg, "bundle", str), backend=_param(cfg, "backend", str, "ort"),
             threads=_param(cfg, "threads", int), rows=_param(cfg, "rows", int, 8),
-            max_len=_param(cfg, "max_len", int), max_queue=_param(cfg, "max_queue", int, 16)))
+            max_len=_param(cfg, "max_len", int), max_queue=_param(cfg, "max_queue", int, 16),
+            steps=_param(cfg, "steps", int)))
         self._threads: set[threading.Thread] = set()
 
     def execute(self, requests):
@@ -74,7 +75,7 @@ class TritonPythonModel:
             except TimeoutError:
                 if gone():
                     h.cancel()
-        pngs = np.array(self.engine.pngs(tokens), dtype=object)
+        pngs = np.array(self.engine.pngs(tokens), dtype=object).reshape(-1)
         sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("IMAGES", pngs), pb_utils.Tensor("TOKENS", tokens)]),
                     flags=FINAL)
 

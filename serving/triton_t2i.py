@@ -1,8 +1,9 @@
 """Triton Python-backend model `t2i`: text -> PNG images + image tokens, over HTTP or gRPC (one response).
 
 Copied to REPO/t2i/1/model.py by `janus-edge triton-repo`. It holds no model: each request is forwarded (BLS) to
-the decoupled `chat` model, whose one scheduler batches it with everything else in flight. `execute` is a
-coroutine, so one instance keeps any number of requests waiting on the scheduler at once.
+the decoupled `chat` model, whose one scheduler batches it with everything else in flight. Triton hands an
+instance one request at a time (measured with 2.51, async execute or not), so the repository gives this model
+several instances (one small stub process each, no model in it).
 """
 from __future__ import annotations
 
