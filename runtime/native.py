@@ -92,8 +92,10 @@ class HostLib:
         _sig(lib.je_host_expf, None, _P, _I64, _P)
         _sig(lib.je_host_weights, None, _P, _I64, _F, _F, _P)
         _sig(lib.je_host_order_keys, None, _P, _I64, _P)
+        _sig(lib.je_host_cfg_combine, None, _P, _P, _I64, _F, _P)
         _sig(lib.je_host_cfg_sample, _I, _P, _I, _I, _I, _I, _F, _F, _I, _D, _U64, _I64, _P, _I, _I)
         _sig(lib.je_host_kv_append, _I, _P, _P, _I, _I, _I, _I, _I, _I, _I, _P, _I)
+        _sig(lib.je_host_kept, _I, _P, _I, _F, _I, _D, _I, _P)
 
     def philox(self, ctr: Sequence[int], key: Sequence[int], rounds: int = 10) -> np.ndarray:
         c, k, out = np.asarray(ctr, np.uint32), np.asarray(key, np.uint32), np.zeros(4, np.uint32)
@@ -122,6 +124,12 @@ class HostLib:
         return self._map(self.lib.je_host_weights, np.ascontiguousarray(l, np.float32).ravel(), np.uint32,
                          l_max, temperature)
 
+    def cfg_combine(self, cond, uncond, w: float) -> np.ndarray:
+        c, u = np.ascontiguousarray(cond, np.float32).ravel(), np.ascontiguousarray(uncond, np.float32).ravel()
+        out = np.zeros(c.size, np.float32)
+        self.lib.je_host_cfg_combine(_ptr(c), _ptr(u), c.size, w, _ptr(out))
+        return out
+
     def order_keys(self, l) -> np.ndarray:
         return self._map(self.lib.je_host_order_keys, np.ascontiguousarray(l, np.float32).ravel(), np.uint64)
 
@@ -140,6 +148,16 @@ class HostLib:
         if rc:
             raise ValueError(f"je_host_cfg_sample rejected its arguments (rc {rc})")
         return out
+
+    def kept(self, logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
+             algo: str = "sort") -> np.ndarray:
+        """One row [V] -> bool mask of the tokens top-k and top-p keep (steps 5-6 of the definition)."""
+        x = np.ascontiguousarray(logits, np.float32).ravel()
+        mask = np.zeros(x.size, np.uint8)
+        t, k, p = sampling_args(temperature, top_k, top_p)
+        if self.lib.je_host_kept(_ptr(x), x.size, t, k, p, ALGOS[algo], _ptr(mask)):
+            raise ValueError("je_host_kept rejected its arguments")
+        return mask.astype(bool)
 
     def kv_append(self, cache: list[np.ndarray], new: list[np.ndarray], pos, per_row: bool = False) -> None:
         """cache[j] [rows, kvh, max_len, D] <- new[j] [rows, kvh, seq, D] at pos (an int, or per-row positions)."""

@@ -155,14 +155,11 @@ def top_p_keep(sorted_w: np.ndarray, p: float) -> np.ndarray:
     return keep
 
 
-def sample_row(l: np.ndarray, cfg: SamplingConfig, r: int) -> int:
-    """One sanitized float32 row [V] and its uint32 draw -> token id (steps 2-7)."""
-    top = int(np.argmax(l))                 # == argmax of order_keys(l)
-    if cfg.greedy or l[top] == -np.inf:
-        return top
-    keys = order_keys(l)
+def kept_mask(l: np.ndarray, cfg: SamplingConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One sanitized float32 row [V] (not greedy, max finite) -> (kept tokens after top-k and top-p, weights)."""
     V = l.shape[0]
-    w = weights(l, l[top], _F(cfg.temperature))
+    keys = order_keys(l)
+    w = weights(l, l.max(), _F(cfg.temperature))
     kept = np.ones(V, bool)
     if cfg.top_k is not None and cfg.top_k < V:
         kept = keys >= np.partition(keys, V - cfg.top_k)[V - cfg.top_k]
@@ -171,6 +168,15 @@ def sample_row(l: np.ndarray, cfg: SamplingConfig, r: int) -> int:
         order = idx[np.argsort(keys[idx])[::-1]]
         kept = np.zeros(V, bool)
         kept[order[top_p_keep(w[order], cfg.top_p)]] = True
+    return kept, w
+
+
+def sample_row(l: np.ndarray, cfg: SamplingConfig, r: int) -> int:
+    """One sanitized float32 row [V] and its uint32 draw -> token id (steps 2-7)."""
+    top = int(np.argmax(l))                 # == argmax of order_keys(l)
+    if cfg.greedy or l[top] == -np.inf:
+        return top
+    kept, w = kept_mask(l, cfg)
     wk = np.where(kept, w, np.uint64(0))
     total = int(wk.sum())
     if total == 0:

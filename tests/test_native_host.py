@@ -13,8 +13,8 @@ import pytest
 from janus_edge.errors import BackendUnavailable
 from janus_edge.runtime import native
 from janus_edge.runtime.philox import draw_u32, u01
-from janus_edge.runtime.sampling import (SamplingConfig, SeededSampler, cfg_combine, exp_f32, order_keys, sample,
-                                         weights)
+from janus_edge.runtime.sampling import (SamplingConfig, SeededSampler, cfg_combine, exp_f32, kept_mask, order_keys,
+                                         sample, sanitize, weights)
 from test_philox import KAT
 
 REQUIRED = os.environ.get("JANUS_EDGE_REQUIRE_NATIVE") == "1"
@@ -65,6 +65,10 @@ def test_weights_and_keys_equal_numpy(host):
         lmax = np.float32(l.max())
         assert np.array_equal(host.weights(l, lmax, t), weights(l, lmax, np.float32(t)).astype(np.uint32)), t
     assert np.array_equal(host.order_keys(l), order_keys(l))
+    c, u = l[::-1].copy(), (rng.normal(size=l.size) * 8).astype(np.float32)
+    c[3], u[4], c[6], u[6] = np.nan, np.inf, -np.inf, -np.inf
+    for w in [5.0, 1.5, 1.0, 0.0]:
+        assert np.array_equal(host.cfg_combine(c, u, w).view(np.uint32), cfg_combine(c, u, w).view(np.uint32)), w
 
 
 def _numpy_tokens(x, n, has_uncond, w, cfg, seed, step, rows):
@@ -116,6 +120,24 @@ def test_cfg_sample_equals_numpy(host, v, n, has_uncond, dtype, kind, cfg):
     if cfg.greedy:
         l = cfg_combine(x[:n], x[n:], 5.0) if has_uncond else x.astype(np.float32)
         assert np.array_equal(want[:n], l.argmax(-1))
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "masked", "peaked", "zeros"])
+def test_kept_sets_equal_numpy_exactly(host, kind):
+    """Steps 5-6 alone: the tokens top-k / top-p keep, numpy vs the sort and the radix-descent (kernel) algorithms."""
+    rng = np.random.default_rng(len(kind))
+    v = 300
+    rows = np.zeros((4, v), np.float32) if kind == "zeros" else _logits(rng, 4, v, kind)
+    for row in sanitize(rows):
+        for t in [1.0, 0.5, 1e-30]:
+            for k in [None, 1, 2, 40, v - 1]:
+                for p in [None, 0.3, 0.9, 1.0]:
+                    cfg = SamplingConfig(t, k, p)
+                    want = kept_mask(row, cfg)[0]
+                    if p is None and k is not None:
+                        assert want.sum() == k
+                    for algo in ["sort", "radix"]:
+                        assert np.array_equal(host.kept(row, t, k, p, algo), want), (t, k, p, algo)
 
 
 def test_top_p_edges_exact(host):

@@ -94,15 +94,21 @@ uint64_t top_p_key_radix(const Row& r, uint64_t kth, double p) {
   return prefix;
 }
 
+// steps 5-6: the smallest kept key (keep key >= it); r.w filled
+uint64_t kept_threshold(const Row& r, const Params& p, int algo) {
+  uint64_t thr = 0;
+  if (p.top_k > 0 && p.top_k < p.vocab) thr = algo == 0 ? kth_key_sort(r, p.top_k) : kth_key_radix(r, p.top_k);
+  if (p.top_p < 1.0) thr = algo == 0 ? top_p_key_sort(r, thr, p.top_p) : top_p_key_radix(r, thr, p.top_p);
+  return thr;
+}
+
 int64_t sample_image(const float* c, const float* u, const Params& p, uint32_t image, int algo) {
   Row r = make_row(c, u, p);
   const float lmax = r.l[r.top];
   if (!(p.temperature > 0.0f) || p.top_k == 1 || lmax == je::neg_inf()) return r.top;   // step 3
   r.w.resize(p.vocab);
   for (int i = 0; i < p.vocab; ++i) r.w[i] = je::weight(r.l[i], lmax, p.temperature);
-  uint64_t thr = 0;                                                                     // keep key >= thr
-  if (p.top_k > 0 && p.top_k < p.vocab) thr = algo == 0 ? kth_key_sort(r, p.top_k) : kth_key_radix(r, p.top_k);
-  if (p.top_p < 1.0) thr = algo == 0 ? top_p_key_sort(r, thr, p.top_p) : top_p_key_radix(r, thr, p.top_p);
+  const uint64_t thr = kept_threshold(r, p, algo);
   uint64_t kept = 0;
   for (int i = 0; i < p.vocab; ++i)
     if (r.key[i] >= thr) kept += r.w[i];
@@ -144,6 +150,10 @@ void je_host_weights(const float* l, int64_t n, float lmax, float temperature, u
   for (int64_t i = 0; i < n; ++i) out[i] = je::weight(l[i], lmax, temperature);
 }
 
+void je_host_cfg_combine(const float* c, const float* u, int64_t n, float w, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = je::cfg_combine(c[i], u[i], w);
+}
+
 void je_host_order_keys(const float* l, int64_t n, uint64_t* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = je::order_key(l[i], (uint32_t)i);
 }
@@ -169,6 +179,21 @@ int je_host_cfg_sample(const void* logits, int dtype, int n_images, int vocab, i
     tok[img] = sample_image(c, u, p, (uint32_t)img, algo);
   }
   for (int r = 0; r < rows_per_image * n_images; ++r) out[r] = tok[r % n_images];
+  return 0;
+}
+
+// Steps 5-6 alone, for the tests: one row of logits (float32, no CFG; temperature > 0; a finite maximum) ->
+// mask[i] = 1 for the tokens top-k and top-p keep. Returns 0, or -1 for a bad argument.
+int je_host_kept(const float* logits, int vocab, float temperature, int top_k, double top_p, int algo, uint8_t* mask) {
+  if (vocab < 1 || !(temperature > 0.0f) || top_k < 0 || !(top_p > 0.0) || (algo != 0 && algo != 1)) return -1;
+  Params p = {vocab, 0, top_k, 1.0f, temperature, top_p, 0, 0};
+  Row r = make_row(logits, logits, p);
+  const float lmax = r.l[r.top];
+  if (lmax == je::neg_inf()) return -1;
+  r.w.resize(vocab);
+  for (int i = 0; i < vocab; ++i) r.w[i] = je::weight(r.l[i], lmax, temperature);
+  const uint64_t thr = kept_threshold(r, p, algo);
+  for (int i = 0; i < vocab; ++i) mask[i] = r.key[i] >= thr;
   return 0;
 }
 
