@@ -1,16 +1,23 @@
 """Write a directory artifact (checkpoint, bundle) completely or not at all: build it in a temp dir beside the
-target, then rename it into place, replacing an old one only once the new one is complete."""
+target, then rename it into place, replacing an old one only once the new one is complete.
+
+Interruptions: an exception, Ctrl-C (SIGINT) or SIGTERM removes the temp dir and leaves `out` as it was. A
+process killed outright (SIGKILL, power loss) cannot clean up; its temp dir is named `.{out name}.tmp-{pid}-XXXX`,
+and the next staged write to the same `out` removes such dirs whose process no longer runs on this machine.
+"""
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 
 def check_target(out: str, force: bool, error: type[Exception]) -> None:
-    """Refuse an existing `out` unless `force`, and an `out` whose parent does not exist."""
+    """Refuse an existing `out` unless `force`, and an `out` whose parent does not exist or takes no new entry."""
     if os.path.lexists(out) and not force:
         raise error(f"output already exists: {out} (use --force to replace it)")
     if os.path.exists(out) and not os.path.isdir(out):
@@ -18,6 +25,38 @@ def check_target(out: str, force: bool, error: type[Exception]) -> None:
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise error(f"parent directory of the output does not exist: {parent}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".janus-edge-probe-", dir=parent))
+    except OSError as e:
+        raise error(f"cannot write in the output's parent directory {parent}: {e.strerror or e}") from None
+
+
+def temp_prefix(out: str) -> str:
+    """Name prefix of the temp dirs staged for `out` (followed by the writer's pid, '-', random characters)."""
+    return f".{os.path.basename(os.path.abspath(out))}.tmp-"
+
+
+def stale_temps(out: str) -> list[str]:
+    """Temp dirs beside `out` whose writer process no longer runs (killed before it could clean up)."""
+    parent, prefix = os.path.dirname(os.path.abspath(out)), temp_prefix(out)
+    found = []
+    for name in os.listdir(parent):
+        pid = name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
+        if pid.isdigit() and not _running(int(pid)):
+            found.append(os.path.join(parent, name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    if os.name != "posix" or pid == os.getpid():
+        return True  # (elsewhere os.kill(pid, 0) is no probe: never call a dir stale there)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _publish_modes(d: str) -> None:
@@ -30,22 +69,43 @@ def _publish_modes(d: str) -> None:
 
 
 @contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While staging, SIGTERM (the default `kill`) exits through the cleanup like Ctrl-C, instead of killing the
+    process on the spot (only where SIGTERM has its default action and this is the main thread)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
 def staged_dir(out: str, force: bool, error: type[Exception]) -> Iterator[str]:
     """`with staged_dir(out, force, InputError) as tmp:` write into tmp; on success it becomes `out`."""
     out = os.path.abspath(out)
     check_target(out, force, error)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
-    try:
-        yield tmp
-        _publish_modes(tmp)
-        if os.path.lexists(out):
-            check_target(out, force, error)  # it may have appeared while we worked
-            old = f"{tmp}.old"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    for stale in stale_temps(out):
+        shutil.rmtree(stale, ignore_errors=True)
+    with _sigterm_raises():
+        tmp = tempfile.mkdtemp(prefix=f"{temp_prefix(out)}{os.getpid()}-", dir=os.path.dirname(out))
+        try:
+            yield tmp
+            _publish_modes(tmp)
+            if os.path.lexists(out):
+                check_target(out, force, error)  # it may have appeared while we worked
+                old = f"{tmp}.old"
+                os.replace(out, old)
+                os.replace(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

@@ -174,6 +174,8 @@ class Manifest:
 
     @staticmethod
     def from_json(d: dict) -> "Manifest":
+        if not isinstance(d, dict):
+            raise ContractError(f"not a janus-edge bundle manifest (a JSON {type(d).__name__}, not an object)")
         if d.get("format") != FORMAT_NAME:
             raise ContractError(f"not a janus-edge bundle manifest (format={d.get('format')!r})")
         if d.get("format_version") != FORMAT_VERSION:
@@ -189,7 +191,24 @@ class Manifest:
         missing = [g for g in GRAPHS if g not in m.graphs]
         if missing:
             raise ContractError(f"manifest lacks graphs: {', '.join(missing)}")
+        check_dtypes(m)
         return m
+
+
+def check_dtypes(m: Manifest) -> None:
+    """The manifest's dtype (and KV-cache dtype) is what every float tensor of its graphs' I/O declares: the runtime
+    allocates its buffers from the former and the graphs take the latter."""
+    cache = getattr(m, "kv_cache_dtype", None) or m.dtype
+    for dt in (m.dtype, cache):
+        if dt not in FLOAT_DTYPES:
+            raise ContractError(f"manifest dtype {dt!r} is not one of {', '.join(FLOAT_DTYPES)}")
+    cache_names = {n for names in lm_cache_names(m.dims.num_layers) for n in names}
+    for g, e in m.graphs.items():
+        for t in (*e.inputs, *e.outputs):
+            name, dt = (t.get("name"), t.get("dtype")) if isinstance(t, dict) else (None, None)
+            want = cache if g == "lm" and name in cache_names else m.dtype
+            if dt != want and dt != "int64":
+                raise ContractError(f"manifest dtype is {want} but its graph {g} declares {name} as {dt}")
 
 
 def load_manifest(bundle_dir: str) -> Manifest:
@@ -201,7 +220,7 @@ def load_manifest(bundle_dir: str) -> Manifest:
     try:
         with open(path) as fh:
             data = json.load(fh)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
         raise ContractError(f"cannot read {path}: {e}") from None
     return Manifest.from_json(data)
 

@@ -57,7 +57,17 @@ class Bundle:
             if te.get("kind") != "table":
                 raise BundleError(f"unsupported text embedding kind {te.get('kind')!r}")
             self._check([te["file"]])
-            self._table = np.load(os.path.join(self.path, te["file"]), mmap_mode="r")
+            path = os.path.join(self.path, te["file"])
+            try:
+                table = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as e:  # a file that passed its sha256 but is no .npy (or a cut one)
+                raise BundleError(f"cannot read the text-embedding table {path}: "
+                                  f"{str(e).splitlines()[0][:200]}") from None
+            want = (self.dims.vocab_size, self.dims.hidden_size), te.get("dtype", self.dtype)
+            if (table.shape, str(table.dtype)) != want:
+                raise BundleError(f"text-embedding table {path} is {table.dtype} {table.shape}, the manifest says "
+                                  f"{want[1]} {want[0]}")
+            self._table = table
         return self._table
 
     def embed_text(self, ids: np.ndarray) -> np.ndarray:
@@ -71,5 +81,9 @@ class Bundle:
 
             f = self.manifest.tokenizer["file"]
             self._check([f])
-            self._tokenizer = Tokenizer.from_file(os.path.join(self.path, f))
+            try:
+                self._tokenizer = Tokenizer.from_file(os.path.join(self.path, f))
+            except Exception as e:  # tokenizers raises plain Exception on a malformed file
+                raise BundleError(f"cannot read the tokenizer {os.path.join(self.path, f)}: "
+                                  f"{str(e).splitlines()[0][:200]}") from None
         return self._tokenizer

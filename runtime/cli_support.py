@@ -12,27 +12,61 @@ from janus_edge.errors import InputError
 from .pipeline import Pipeline
 
 
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
 def output_paths(out: str, n: int) -> list[str]:
     """IMG.png for n == 1; IMG_0.png ... IMG_{n-1}.png otherwise."""
     root, ext = os.path.splitext(out)
-    if ext.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
-        raise InputError(f"--out must end in .png (or .jpg/.webp/.bmp), got {out!r}")
+    if ext.lower() not in IMAGE_EXTS or not _pil_saves(ext):
+        raise InputError(f"--out must end in .png (or .jpg/.webp/.bmp where PIL can write them), got {out!r}")
     return [out] if n == 1 else [f"{root}_{i}{ext}" for i in range(n)]
 
 
-def _atomic_save(write, path: str) -> None:
+def _pil_saves(ext: str) -> bool:
+    from PIL import Image
+
+    Image.init()
+    return Image.registered_extensions().get(ext.lower()) in Image.SAVE
+
+
+def check_output(path: str) -> None:
+    """Before any slow work: `path` is not a directory and its directory exists and takes a new file."""
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".janus-edge-", suffix=os.path.splitext(path)[1], dir=d)
-    os.close(fd)
+    if not os.path.isdir(d):
+        raise InputError(f"output directory does not exist: {d}")
+    if os.path.isdir(path):
+        raise InputError(f"output path is a directory: {path}")
     try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; an output is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        fd, probe = tempfile.mkstemp(prefix=".janus-edge-", dir=d)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"cannot write to the output directory {d}: {e.strerror or e}") from None
+
+
+def save_all(writes: list) -> None:
+    """[(write(tmp_path), path)]: every output to a temp file beside it first, then all renamed into place, so a
+    failure (disk full, a vanished directory) leaves no output and no temp file."""
+    temps: list[str] = []
+    try:
+        for write, path in writes:
+            fd, tmp = tempfile.mkstemp(prefix=".janus-edge-", suffix=os.path.splitext(path)[1],
+                                       dir=os.path.dirname(os.path.abspath(path)))
+            os.close(fd)
+            temps.append(tmp)
+            write(tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; an output is an ordinary file
+        for tmp, (_, path) in zip(temps, writes):
+            os.replace(tmp, path)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        for tmp in temps:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
 
 
 def _save_npy(path: str, a: np.ndarray) -> None:
@@ -44,8 +78,7 @@ def run_generate(bundle: str, prompt: str, out: str, n: int = 1, cfg: float = 5.
                  top_k=None, top_p=None, seed=None, tokens_out=None, threads=None, backend="ort") -> int:
     paths = output_paths(out, n) if isinstance(n, int) and n >= 1 else [out]
     for p in paths + ([tokens_out] if tokens_out else []):
-        if not os.path.isdir(os.path.dirname(os.path.abspath(p))):
-            raise InputError(f"output directory does not exist: {os.path.dirname(os.path.abspath(p))}")
+        check_output(p)
     pipe = Pipeline.from_bundle(bundle, backend=backend, threads=threads)
     bar = None
     if sys.stdout.isatty():
@@ -58,12 +91,12 @@ def run_generate(bundle: str, prompt: str, out: str, n: int = 1, cfg: float = 5.
     finally:
         if bar is not None:
             bar.close()
-    for img, p in zip(res.images, paths):
-        _atomic_save(img.save, p)  # the temp file keeps the extension: PIL picks the format
-        print(p)
+    writes = [(img.save, p) for img, p in zip(res.images, paths)]  # the temp keeps the extension: PIL's format
     if tokens_out:
-        _atomic_save(lambda t: _save_npy(t, res.tokens), tokens_out)
-        print(tokens_out)
+        writes.append((lambda t: _save_npy(t, res.tokens), tokens_out))
+    save_all(writes)
+    for _, p in writes:
+        print(p)
     steps = res.timings["step_s"]
     if steps:
         print(f"{len(res.images)} image(s), {n * 2 if cfg != 1 else n} rows/step, "

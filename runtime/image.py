@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import struct
+import warnings
 
 import numpy as np
 
@@ -11,22 +13,58 @@ RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}
 
 
 def load_image(src):
-    """A PIL image from a path or a PIL image, EXIF orientation applied, in RGB (any mode or size accepted)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """A path or a PIL image -> the 8-bit RGB image the model sees; a file PIL cannot decode is an InputError.
 
-    if isinstance(src, (str, os.PathLike)):
-        if not os.path.isfile(src):
-            raise InputError(f"image not found: {src}")
+    A file is read as transformers' `image_utils.load_image` (and the official Janus `load_pil_images`) read it:
+    the first frame of an animation, EXIF orientation applied, then PIL's `convert("RGB")` (alpha dropped;
+    grey, palette and CMYK expanded; 32-bit int and float values clipped to 0..255). A PIL image is treated the
+    same way (so a path and `Image.open(path)` give the same answer). One deliberate difference: 16-bit grey (PIL
+    modes I;16*, or I from a PNG) is scaled to 8 bits (v / 257), where PIL's convert clips it at 255 and turns most
+    pixels white. Files over PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) are refused unread."""
+    from PIL import Image
+
+    if isinstance(src, Image.Image):
         try:
-            img = Image.open(src)
-            img.load()
-        except (UnidentifiedImageError, OSError) as e:
-            raise InputError(f"not a readable image: {src} ({type(e).__name__})") from None
-    elif isinstance(src, Image.Image):
-        img = src
-    else:
+            return _to_rgb(src)
+        except DECODE_ERRORS as e:
+            raise InputError(f"not a readable image: the given PIL image ({_why(e)})") from None
+    if not isinstance(src, (str, os.PathLike)):
         raise InputError(f"expected an image path or a PIL.Image, got {type(src).__name__}")
-    return ImageOps.exif_transpose(img).convert("RGB")
+    path = os.fspath(src)
+    if not os.path.isfile(path):
+        raise InputError(f"image not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit: refuse, not warn
+            with Image.open(path) as img:
+                return _to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"image too large: {path} ({_why(e)}); PIL refuses images over PIL.Image.MAX_IMAGE_PIXELS "
+                         f"= {Image.MAX_IMAGE_PIXELS} pixels: raise it to accept this one") from None
+    except DECODE_ERRORS as e:
+        raise InputError(f"not a readable image: {path} ({_why(e)})") from None
+
+
+def _to_rgb(img):
+    from PIL import ImageOps
+
+    img.load()  # the first frame; a truncated or corrupt file fails here
+    fmt = img.format
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I;16") or (img.mode == "I" and fmt == "PNG"):  # 16-bit grey (older PIL: mode I)
+        from PIL import Image
+
+        a = np.asarray(img).astype(np.float64)
+        img = Image.fromarray(np.clip(np.rint(a / 257), 0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+# What PIL raises on a file it cannot decode (UnidentifiedImageError is an OSError).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error)
+
+
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
 
 
 def preprocess(img, cfg: dict, dtype: str = "float32") -> np.ndarray:

@@ -11,10 +11,27 @@ def encode(bundle, text: str) -> list[int]:
     return ([bundle.tokens["bos"]] if bundle.manifest.prompts.get("bos", True) else []) + ids
 
 
+def check_text(bundle, text, what: str) -> None:
+    """The user's text: non-empty, valid UTF-8, and free of the image placeholder token.
+
+    Text is tokenized as transformers' JanusProcessor tokenizes it: special-token strings typed into it
+    (`<begin_of_image>`, `<|User|>`, ...) become those tokens. The one refused, as JanusProcessor refuses it, is the
+    image placeholder: its positions carry image features, so images go in `images=[...]` / `--image`."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"{what} must be a non-empty string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # e.g. undecodable bytes on the command line (surrogate escapes)
+        raise InputError(f"{what} is not valid UTF-8 text (character {e.start})") from None
+    if bundle.tokens["image"] in bundle.tokenizer.encode(text, add_special_tokens=False).ids:
+        placeholder = bundle.manifest.prompts.get("image_placeholder", "<image_placeholder>")
+        raise InputError(f"{what} holds the image placeholder {placeholder}: give images with --image "
+                         f"(images=[...]), not in the text")
+
+
 def t2i_ids(bundle, prompt: str) -> list[int]:
     """BOS + "<|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>"."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InputError("prompt must be a non-empty string")
+    check_text(bundle, prompt, "prompt")
     return encode(bundle, bundle.manifest.prompts["t2i"].format(prompt=prompt))
 
 
@@ -27,8 +44,7 @@ def uncond_ids(ids: list[int], tokens: dict) -> list[int]:
 def chat_ids(bundle, question: str, n_images: int) -> list[int]:
     """Official understanding prompt, stripped, BOS prepended, each <image_placeholder> expanded to
     <begin_of_image> + num_image_tokens x <image_placeholder> + <end_of_image>."""
-    if not isinstance(question, str) or not question.strip():
-        raise InputError("question must be a non-empty string")
+    check_text(bundle, question, "question")
     p = bundle.manifest.prompts
     text = p["chat"].format(system=p["system"], images=p["chat_image"] * n_images, question=question).strip()
     return expand_images(encode(bundle, text), bundle.tokens, bundle.dims.num_image_tokens, n_images)
