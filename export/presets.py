@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from transformers import JanusConfig, JanusVisionConfig, JanusVQVAEConfig, LlamaConfig
 
-from janus_edge.export.tokenizer_build import TOKENIZER_SPECS
+from janus_edge.export.tokenizer_build import TOKENIZER_SPECS, TokenizerSpec
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,9 @@ class Preset:
     max_positions: int
     vision: dict  # JanusVisionConfig overrides
     vq: dict  # JanusVQVAEConfig overrides
+    kv_heads: int | None = None  # None: as many as heads (no GQA: every Janus-Pro shape)
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
 
 
 _TINY_VQ = dict(base_channels=32, channel_multiplier=[1, 1, 2, 2, 4], num_res_blocks=1, latent_channels=64,
@@ -39,11 +42,17 @@ def make_config(preset: str) -> JanusConfig:
     """The JanusConfig of a preset (token ids from the preset's generated tokenizer)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    p, ids = PRESETS[preset], TOKENIZER_SPECS[preset].ids
+    return janus_config(PRESETS[preset], TOKENIZER_SPECS[preset])
+
+
+def janus_config(p: Preset, spec: TokenizerSpec) -> JanusConfig:
+    """The JanusConfig of shape `p` with the vocab size and special-token ids of `spec`."""
+    ids = spec.ids
     text = LlamaConfig(
-        vocab_size=TOKENIZER_SPECS[preset].vocab_size, hidden_size=p.hidden, intermediate_size=p.intermediate,
-        num_hidden_layers=p.layers, num_attention_heads=p.heads, num_key_value_heads=p.heads,
-        max_position_embeddings=p.max_positions, rms_norm_eps=1e-6, rope_theta=10000.0, hidden_act="silu",
+        vocab_size=spec.vocab_size, hidden_size=p.hidden, intermediate_size=p.intermediate,
+        num_hidden_layers=p.layers, num_attention_heads=p.heads, num_key_value_heads=p.kv_heads or p.heads,
+        max_position_embeddings=p.max_positions, rms_norm_eps=p.rms_norm_eps, rope_theta=p.rope_theta,
+        hidden_act="silu",
         bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"], tie_word_embeddings=False,
     )
     vision = JanusVisionConfig(**{**p.vision, "projection_dim": p.hidden})

@@ -103,13 +103,20 @@ def build_tokenizer(preset: str) -> Tokenizer:
     tok = Tokenizer(models.BPE(vocab=_full_vocab(trained.get_vocab(), spec), merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    # Special tokens whose text is already in the model vocab keep that id.
+    return add_special_tokens(tok, spec)
+
+
+def add_special_tokens(tok: Tokenizer, spec: TokenizerSpec, texts: dict | None = None) -> Tokenizer:
+    """Add the Janus special tokens (`texts` overrides SPECIAL_TEXT) in id order and prepend BOS to every
+    encoding; checks that each lands at its id in `spec`. Texts already in the vocab keep their id."""
+    texts = {**SPECIAL_TEXT, **(texts or {})}
     order = sorted(spec.ids, key=spec.ids.get)
-    tok.add_special_tokens([AddedToken(SPECIAL_TEXT[n], special=True, normalized=False) for n in order])
+    tok.add_special_tokens([AddedToken(texts[n], special=True, normalized=False) for n in order])
+    bos = texts["bos"]
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1", special_tokens=[(BOS, spec.ids["bos"])])
+        single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, spec.ids["bos"])])
     for name, idx in spec.ids.items():
-        got = tok.token_to_id(SPECIAL_TEXT[name])
+        got = tok.token_to_id(texts[name])
         if got != idx:
             raise RuntimeError(f"special token {name} landed at id {got}, expected {idx}")
     return tok
@@ -123,15 +130,21 @@ def _merges(tok: Tokenizer) -> list:
 
 def build_hf_tokenizer(preset: str):
     """The transformers fast tokenizer over `build_tokenizer(preset)`, with what JanusProcessor reads."""
+    return hf_tokenizer(build_tokenizer(preset), TOKENIZER_SPECS[preset], 16384 if preset != "tiny" else 2048)
+
+
+def hf_tokenizer(tok: Tokenizer, spec: TokenizerSpec, model_max_length: int, texts: dict | None = None):
+    """`tok` as a transformers fast tokenizer with the BOS/EOS/pad texts (`texts` overrides SPECIAL_TEXT) and the
+    image tokens JanusProcessor reads; checks that every special token sits at its id in `spec`."""
     from transformers import PreTrainedTokenizerFast
 
-    spec = TOKENIZER_SPECS[preset]
+    texts = {**SPECIAL_TEXT, **(texts or {})}
     hf = PreTrainedTokenizerFast(
-        tokenizer_object=build_tokenizer(preset), bos_token=BOS, eos_token=EOS, pad_token=PAD,
-        add_bos_token=True, add_eos_token=False, padding_side="left",
-        model_max_length=16384 if preset != "tiny" else 2048,
+        tokenizer_object=tok, bos_token=texts["bos"], eos_token=texts["eos"], pad_token=texts["pad"],
+        add_bos_token=True, add_eos_token=False, padding_side="left", model_max_length=model_max_length,
         extra_special_tokens={"image_token": IMAGE, "boi_token": BOI, "eoi_token": EOI},
     )
-    if hf.convert_tokens_to_ids(IMAGE) != spec.ids["image"]:
-        raise RuntimeError("transformers moved the special tokens")
+    moved = [n for n, i in spec.ids.items() if hf.convert_tokens_to_ids(texts[n]) != i]
+    if moved:
+        raise RuntimeError(f"transformers moved the special tokens {', '.join(moved)}")
     return hf

