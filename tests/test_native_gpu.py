@@ -146,6 +146,20 @@ def test_kv_append_kernel_equals_host(gpu, host, dtype):
             assert np.array_equal(d.get(ptr, c.shape, dtype), c)
 
 
+def test_kv_append_kernel_prefill_chunk_larger_than_one_grid(gpu, host):
+    """A prefill chunk of 2M copy units: more than one grid-stride round (4096 blocks x 256 threads)."""
+    k, d = gpu
+    rng = np.random.default_rng(2)
+    rows, kvh, max_len, hd, seq = 32, 32, 200, 128, 128
+    cache = [np.zeros((rows, kvh, max_len, hd), np.float16) for _ in range(2)]
+    new = [rng.normal(size=(rows, kvh, seq, hd)).astype(np.float16) for _ in range(2)]
+    cp, npp = [d.put(c) for c in cache], [d.put(n) for n in new]
+    k.kv_append(cp, npp, rows, kvh, max_len, seq, hd, d.put(np.array([50], np.int64)), "float16", d.s)
+    host.kv_append(cache, new, 50)
+    for c, ptr in zip(cache, cp):
+        assert np.array_equal(d.get(ptr, c.shape, np.float16), c)
+
+
 def test_kernels_in_a_captured_cuda_graph_replay_with_new_positions_and_steps(gpu, host):
     k, d = gpu
     rt = d.rt

@@ -223,3 +223,63 @@ def test_cmake_configures_without_nvcc_and_says_why(tmp_path):
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "CUDA library: not built: no CUDA compiler found" in r.stdout
+
+
+# ---- the kernels' own source (native/src/kernels.cu) run on the CPU under native/emu/'s emulator ------------------
+@pytest.fixture(scope="module")
+def emu():
+    import ctypes as ct
+    path = native.find_library("libjanus_edge_emu.so")
+    if path is None:
+        if REQUIRED:
+            pytest.fail(f"JANUS_EDGE_REQUIRE_NATIVE=1 but {native.build_hint('libjanus_edge_emu.so')}")
+        pytest.skip(native.build_hint("libjanus_edge_emu.so"))
+    lib = ct.CDLL(path)
+    P, I = ct.c_void_p, ct.c_int
+    lib.je_emu_cfg_sample.argtypes = [P, I, I, I, I, ct.c_float, ct.c_float, I, ct.c_double, ct.c_uint64, P, P, I]
+    lib.je_emu_kv_append.argtypes = [P, P, I, I, I, I, I, I, I, P, I]
+    return lib
+
+
+@pytest.mark.parametrize("v,n,has_uncond,dtype,kind,cfg", CASES)
+def test_kernel_code_equals_host_library(emu, host, v, n, has_uncond, dtype, kind, cfg):
+    rng = np.random.default_rng(v + n + 1)
+    x = np.ascontiguousarray(_logits(rng, 2 * n if has_uncond else n, v, kind, dtype))
+    for step in range(2 if v < 10_000 else 1):
+        seed = int(rng.integers(0, 2**64, dtype=np.uint64))
+        st, out = np.array([step], np.int64), np.full(2 * n, -7, np.int64)
+        t, k, p = native.sampling_args(cfg.temperature, cfg.top_k, cfg.top_p)
+        assert emu.je_emu_cfg_sample(x.ctypes.data, native.LOGIT_DTYPES[x.dtype.name], n, v, has_uncond, 5.0, t, k,
+                                     p, seed, st.ctypes.data, out.ctypes.data, 2) == 0
+        want = host.cfg_sample(x, n, has_uncond, 5.0, cfg.temperature, cfg.top_k, cfg.top_p, seed, step, 2)
+        assert np.array_equal(out, want), (step, out, want)
+
+
+@pytest.mark.parametrize("dtype,offset,vec", [(np.float32, 0, 16), (np.float16, 0, 16), (np.int8, 0, 16),
+                                              (np.float16, 8, 8), (np.float16, 2, 2), (np.int8, 1, 1)])
+def test_kv_kernel_code_equals_host_library(emu, host, dtype, offset, vec):
+    import ctypes as ct
+    rng = np.random.default_rng(1)
+    rows, kvh, max_len, d, seq, L = 3, 2, 12, 16, 2, 3
+    es = np.dtype(dtype).itemsize
+
+    def mk(*shape):  # arrays placed `offset` bytes past a 16-byte boundary: every copy width gets used
+        raw = np.zeros(int(np.prod(shape)) * es + 32, np.uint8)
+        start = (-raw.ctypes.data) % 16 + offset
+        a = raw[start:start + int(np.prod(shape)) * es].view(dtype).reshape(shape)
+        a[...] = (rng.normal(size=shape) * 50).astype(dtype)
+        return a
+
+    cache, new = [mk(rows, kvh, max_len, d) for _ in range(2 * L)], [mk(rows, kvh, seq, d) for _ in range(2 * L)]
+    want = [c.copy() for c in cache]
+    for pos, per_row in [(np.array([4]), False), (np.array([0, 9, 3]), True), (np.array([11]), False)]:
+        try:
+            host.kv_append(want, new, pos if per_row else int(pos[0]), per_row=per_row)
+        except ValueError:
+            pass  # out of range: neither writes
+        cp = (ct.c_void_p * len(cache))(*[c.ctypes.data for c in cache])
+        np_ = (ct.c_void_p * len(new))(*[a.ctypes.data for a in new])
+        pp = pos.astype(np.int64)
+        assert emu.je_emu_kv_append(cp, np_, len(cache), rows, kvh, max_len, seq, d, es, pp.ctypes.data,
+                                    int(per_row)) == vec
+        assert all(np.array_equal(a, b) for a, b in zip(cache, want))

@@ -2,8 +2,10 @@
 // one Philox draw per image, on the device). Per-element math: include/janus_edge/sampling_math.h (shared with the
 // host library and mirrored by runtime/sampling.py). Everything reads its moving parts (positions, step counter) from
 // device memory, so a captured CUDA graph replays unchanged; the library allocates nothing.
+#ifndef JE_CUDA_EMULATION  // native/emu/ compiles this very file for the CPU (tests), with its own launchers
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 
 #include "janus_edge/sampling_math.h"
 
@@ -27,14 +29,15 @@ __global__ void kv_append_kernel(KvPtrs p, uint64_t units, uint32_t kvh, uint32_
   }
 }
 
-template <typename V>
-cudaError_t launch_kv(const KvPtrs& p, int n, uint64_t units, int kvh, int seq, int max_len, int row_units,
-                      const int64_t* pos, int per_row, cudaStream_t stream) {
-  const int threads = 256;
-  uint64_t blocks = (units + threads - 1) / threads;
-  dim3 grid((unsigned)(blocks < 4096 ? blocks : 4096), (unsigned)n);
-  kv_append_kernel<V><<<grid, threads, 0, stream>>>(p, units, kvh, seq, max_len, row_units, pos, per_row);
-  return cudaGetLastError();
+// the widest copy unit (16, 8, 4, 2 or 1 bytes) that divides a row and every pointer's alignment
+inline int pick_vec(void* const* cache, const void* const* src, int n, int row_bytes) {
+  int vec = 16;
+  for (; vec > 1; vec >>= 1) {
+    bool ok = row_bytes % vec == 0;
+    for (int t = 0; ok && t < n; ++t) ok = (uintptr_t)cache[t] % vec == 0 && (uintptr_t)src[t] % vec == 0;
+    if (ok) break;
+  }
+  return vec;
 }
 
 // ---- block-wide helpers (kThreads threads, warps of 32) -------------------------------------------------------------
@@ -235,7 +238,19 @@ __global__ void broadcast_i64_kernel(int64_t* dst, int n, const int64_t* src, in
   if (i < n) dst[i] = *src + offset;
 }
 
-bool aligned(const void* p, int vec) { return ((uintptr_t)p % (uintptr_t)vec) == 0; }
+}  // namespace
+
+#ifndef JE_CUDA_EMULATION
+namespace {
+template <typename V>
+cudaError_t launch_kv(const KvPtrs& p, int n, uint64_t units, int kvh, int seq, int max_len, int row_units,
+                      const int64_t* pos, int per_row, cudaStream_t stream) {
+  const int threads = 256;
+  uint64_t blocks = (units + threads - 1) / threads;
+  dim3 grid((unsigned)(blocks < 4096 ? blocks : 4096), (unsigned)n);
+  kv_append_kernel<V><<<grid, threads, 0, stream>>>(p, units, kvh, seq, max_len, row_units, pos, per_row);
+  return cudaGetLastError();
+}
 
 }  // namespace
 
@@ -251,12 +266,7 @@ int je_cuda_kv_append(void* const* cache, const void* const* src, int ntensors, 
   if (ntensors < 1 || rows < 1 || kvh < 1 || max_len < 1 || seq < 1 || head_dim < 1 || elem_bytes < 1 || !pos)
     return -1;
   const int row_bytes = head_dim * elem_bytes;
-  int vec = 16;
-  for (; vec > 1; vec >>= 1) {
-    bool ok = row_bytes % vec == 0;
-    for (int t = 0; ok && t < ntensors; ++t) ok = aligned(cache[t], vec) && aligned(src[t], vec);
-    if (ok) break;
-  }
+  const int vec = pick_vec(cache, src, ntensors, row_bytes);
   const int row_units = row_bytes / vec;
   const uint64_t units = (uint64_t)rows * kvh * seq * row_units;
   cudaStream_t s = (cudaStream_t)stream;
@@ -309,3 +319,4 @@ int je_cuda_broadcast_i64(int64_t* dst, int n, const int64_t* src, int64_t offse
 }
 
 }  // extern "C"
+#endif  // JE_CUDA_EMULATION
