@@ -51,9 +51,11 @@ def _t2i_run(pipe, ids, n, cfg_weight, temperature, seed, limit: int | None) -> 
 
 def bundle_info(pipe) -> dict:
     m = pipe.bundle.manifest
+    gpu = getattr(pipe.bundle.backend, "memory", None)  # trt: GPU memory in use (cudaMemGetInfo) after the runs
     return {"bundle": pipe.bundle.path, "dtype": m.dtype,
             "graph_precision": {g: e.precision for g, e in m.graphs.items()},
-            "quantization": {g: e.quantization for g, e in m.graphs.items() if e.quantization}}
+            "quantization": {g: e.quantization for g, e in m.graphs.items() if e.quantization},
+            **(gpu() if gpu is not None else {})}
 
 
 def _cache_itemsize(pipe) -> int:

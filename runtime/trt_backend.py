@@ -182,6 +182,7 @@ class TrtBackend(Backend):
         self.meta: dict | None = None
         self.limits: E.Limits | None = None
         self.kernels = _load_kernels()
+        self._pos_buf: DeviceBuffer | None = None  # device position(s) for the native kv_append
         self.use_cuda_graph = os.environ.get("JANUS_EDGE_TRT_CUDA_GRAPH", "1") != "0"
         self._finalizer = weakref.finalize(self, _release, self.cudart, self.pool, self.stream)
 
@@ -269,7 +270,21 @@ class TrtBackend(Backend):
 
     # ---- KV cache ---------------------------------------------------------------------------------------------
     def kv_append(self, cache: list[DeviceBuffer], new: list[DeviceBuffer], pos) -> None:
-        """cache[j][:, :, pos:pos+S] = new[j]: one strided 2-D copy per tensor ([rows*kvh] blocks of S*D)."""
+        """cache[j][:, :, pos:pos+S] = new[j]: the native kernel (one launch for all layers, position from device
+        memory) when the library is built, else one strided 2-D copy per tensor ([rows*kvh] blocks of S*D)."""
+        if self.kernels is not None and hasattr(self.kernels, "kv_append"):
+            per_row = bool(np.ndim(pos))
+            p = np.atleast_1d(np.asarray(pos, np.int64))
+            c0 = cache[0]
+            if p.min() < 0 or p.max() + new[0].shape[2] > c0.shape[2]:
+                raise InputError(f"KV append at {p.tolist()} outside a cache of {c0.shape[2]}")
+            if self._pos_buf is None or self._pos_buf.shape[0] < p.size:
+                self._pos_buf = self.alloc((max(p.size, c0.shape[0]),), "int64", zero=False)
+            self.write(self._pos_buf, np.resize(p, self._pos_buf.shape))
+            self.kernels.kv_append([c.ptr for c in cache], [x.ptr for x in new], new[0].shape[0], c0.shape[1],
+                                   c0.shape[2], new[0].shape[2], c0.shape[3], self._pos_buf.ptr, str(c0.dtype),
+                                   self.stream, per_row=per_row)
+            return
         if np.ndim(pos):  # per-row slots (serving, S == 1)
             for r, p in enumerate(np.asarray(pos).tolist()):
                 for c, nw in zip(cache, new):

@@ -56,9 +56,10 @@ def run_image_steps(be, plan) -> np.ndarray | None:
         plan.run_head()
         if dev_sample:
             s = plan.sampling
-            k.cfg_sample(plan.logits.ptr, n, plan.logits.shape[1], False, 1.0, float(s.temperature),
-                         int(s.top_k or 0), float(s.top_p or 1.0), int(plan.seed), step_dev.ptr, plan.codes.ptr,
-                         rows // n, be.stream)
+            # logits are gen_head's CFG-combined [n, V]: no uncond rows left to combine here
+            k.cfg_sample(plan.logits.ptr, n, plan.logits.shape[1], False, 1.0, s.temperature, s.top_k, s.top_p,
+                         int(plan.seed), step_dev.ptr, plan.codes.ptr, rows // n, be.stream,
+                         dtype=str(plan.logits.dtype))
 
     def step_body() -> None:
         plan.run_embed()

@@ -21,19 +21,28 @@ def tiny_model(tiny_ckpt):
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_ckpt, tmp_path_factory) -> str:
-    """The fp32 bundle of `tiny_ckpt`."""
+def tiny_bundle(request, tmp_path_factory) -> str:
+    """The fp32 bundle of `tiny_ckpt` ($JANUS_EDGE_TINY_BUNDLE: one exported beforehand, for runs without torch)."""
+    import os
+
+    if os.environ.get("JANUS_EDGE_TINY_BUNDLE"):
+        return os.environ["JANUS_EDGE_TINY_BUNDLE"]
     from janus_edge.export.exporter import ExportOptions, export_bundle
 
-    return export_bundle(tiny_ckpt, str(tmp_path_factory.mktemp("bundle") / "fp32"), options=ExportOptions(progress=False))
+    return export_bundle(request.getfixturevalue("tiny_ckpt"), str(tmp_path_factory.mktemp("bundle") / "fp32"),
+                         options=ExportOptions(progress=False))
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle_fp16(tiny_ckpt, tmp_path_factory) -> str:
-    """The fp16 bundle of `tiny_ckpt`."""
+def tiny_bundle_fp16(request, tmp_path_factory) -> str:
+    """The fp16 bundle of `tiny_ckpt` ($JANUS_EDGE_TINY_BUNDLE_FP16: one exported beforehand)."""
+    import os
+
+    if os.environ.get("JANUS_EDGE_TINY_BUNDLE_FP16"):
+        return os.environ["JANUS_EDGE_TINY_BUNDLE_FP16"]
     from janus_edge.export.exporter import ExportOptions, export_bundle
 
-    return export_bundle(tiny_ckpt, str(tmp_path_factory.mktemp("bundle") / "fp16"),
+    return export_bundle(request.getfixturevalue("tiny_ckpt"), str(tmp_path_factory.mktemp("bundle") / "fp16"),
                          options=ExportOptions(dtype="float16", progress=False))
 
 
