@@ -92,31 +92,6 @@ def _memory(a) -> int:
                    max_new_tokens=a.max_new_tokens, as_json=a.json)
 
 
-@command("lint-trt")
-def _lint_trt(a) -> int:
-    from janus_edge.export.lint_trt import run_cli
-
-    return run_cli(a.bundle)
-
-
-@command("build")
-def _build(a) -> int:
-    from janus_edge.export.trt_build import BuildOptions, build_engines
-
-    print(build_engines(a.bundle, a.out, BuildOptions(max_images=a.max_images, max_prompt_len=a.max_prompt_len,
-                                                      max_new_tokens=a.max_new_tokens, workspace_mb=a.workspace_mb,
-                                                      timing_cache=a.timing_cache, force=a.force)))
-    return 0
-
-
-@command("memory")
-def _memory(a) -> int:
-    from janus_edge.runtime.trt_memory import run_cli
-
-    return run_cli(a.bundle, max_images=a.max_images, max_prompt_len=a.max_prompt_len,
-                   max_new_tokens=a.max_new_tokens, as_json=a.json)
-
-
 @command("generate")
 def _generate(a) -> int:
     from janus_edge.runtime.cli_support import run_generate
@@ -199,28 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--int8-layers", default=None, help="int4: decoder MatMul kinds kept int8, e.g. down,up,v")
     s.add_argument("--target", default="any", help="any | ort | trt | orin | ada | hopper | thor (fp8: not orin)")
     s.add_argument("--force", action="store_true", help="replace an existing --out")
-
-    s = sub.add_parser("lint-trt", help="check every op and dtype of a bundle against TensorRT 10.3's ONNX parser")
-    s.add_argument("bundle")
-
-    def engine_opts(s):
-        s.add_argument("--max-images", type=int, default=4, help="images per request (lm rows up to 2N)")
-        s.add_argument("--max-prompt-len", type=int, default=None,
-                       help="prompt tokens incl. image tokens (default: room for one chat image + 512)")
-        s.add_argument("--max-new-tokens", type=int, default=512, help="chat answer tokens (KV cache length)")
-
-    s = sub.add_parser("build", help="bundle -> TensorRT engines (needs a GPU and TensorRT >= 10.3)")
-    s.add_argument("bundle")
-    s.add_argument("--out", required=True, metavar="ENGINES")
-    engine_opts(s)
-    s.add_argument("--workspace-mb", type=int, default=None, help="TensorRT workspace limit (default: TensorRT's)")
-    s.add_argument("--timing-cache", default=None, metavar="F", help="read and update this timing-cache file")
-    s.add_argument("--force", action="store_true", help="replace an existing --out")
-
-    s = sub.add_parser("memory", help="device memory a bundle needs: weights, KV cache, activations")
-    s.add_argument("bundle")
-    engine_opts(s)
-    s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("lint-trt", help="check every op and dtype of a bundle against TensorRT 10.3's ONNX parser")
     s.add_argument("bundle")

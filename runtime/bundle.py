@@ -21,9 +21,6 @@ class Bundle:
         attach = getattr(backend, "attach", None)  # trt: engines.json checked against this TensorRT and GPU
         if attach is not None:
             attach(path, self.manifest)
-        attach = getattr(backend, "attach", None)  # trt: engines.json checked against this TensorRT and GPU
-        if attach is not None:
-            attach(path, self.manifest)
         self.dims = self.manifest.dims
         self.dtype = self.manifest.dtype
         self.specs = {name: e.spec(name) for name, e in self.manifest.graphs.items()}

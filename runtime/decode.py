@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -127,30 +126,6 @@ class ImageSteps:
     stats: dict = field(default_factory=dict)
 
 
-@dataclass
-class ImageSteps:
-    """What a backend needs to run the image-token loop's steps itself (`Backend.run_image_steps`, optional): the
-    bound graphs and buffers of the request, and the host sampler for backends without device sampling."""
-
-    lm: LMRunner
-    run_lm: Callable[[], None]
-    run_head: Callable[[], None]
-    run_embed: Callable[[], None]
-    hidden: object
-    head_in: object
-    logits: object
-    codes: object
-    n: int
-    num_tokens: int
-    uncond: bool
-    sampling: SamplingConfig
-    seed: int
-    on_step: Callable[[int], None] | None
-    check: Callable[[np.ndarray], None]
-    sample: Callable[[np.ndarray, int], np.ndarray]
-    stats: dict = field(default_factory=dict)
-
-
 def generate_image_tokens(bundle, prompt_ids: list[int], uncond: list[int] | None, n: int, cfg_weight: float,
                           sampling: SamplingConfig, rng, on_step: Callable[[int], None] | None = None) -> np.ndarray:
     """The CFG loop: -> tokens [n, num_image_tokens]. `uncond` None means no guidance rows (cfg_weight == 1)."""
@@ -170,13 +145,6 @@ def generate_image_tokens(bundle, prompt_ids: list[int], uncond: list[int] | Non
     codes = be.alloc((lm.rows, 1), "int64")
     run_head = bundle.graph("gen_head").bind({"hidden": head_in, "cfg_weight": cfg}, {"logits": logits})
     run_embed = bundle.graph("gen_embed").bind({"codes": codes}, {"embeds": lm.io["inputs_embeds"]})
-    device_steps = getattr(be, "run_image_steps", None)  # trt: whole steps on the device, replayed as a CUDA graph
-    if device_steps is not None:
-        return device_steps(ImageSteps(
-            lm=lm, run_lm=lm._run, run_head=run_head, run_embed=run_embed, hidden=hidden, head_in=head_in,
-            logits=logits, codes=codes, n=n, num_tokens=T, uncond=uncond is not None, sampling=sampling,
-            seed=getattr(rng, "seed", 0), on_step=on_step, check=lambda out: check_finite(out, "image-token"),
-            sample=lambda out, i: sample(out, sampling, rng, step=i)))
     device_steps = getattr(be, "run_image_steps", None)  # trt: whole steps on the device, replayed as a CUDA graph
     if device_steps is not None:
         return device_steps(ImageSteps(
