@@ -158,9 +158,11 @@ def top_p_keep(sorted_w: np.ndarray, p: float) -> np.ndarray:
 def kept_mask(l: np.ndarray, cfg: SamplingConfig) -> tuple[np.ndarray, np.ndarray]:
     """One sanitized float32 row [V] (not greedy, max finite) -> (kept tokens after top-k and top-p, weights)."""
     V = l.shape[0]
-    keys = order_keys(l)
     w = weights(l, l.max(), _F(cfg.temperature))
     kept = np.ones(V, bool)
+    if (cfg.top_k is None or cfg.top_k >= V) and (cfg.top_p is None or cfg.top_p >= 1):
+        return kept, w
+    keys = order_keys(l)
     if cfg.top_k is not None and cfg.top_k < V:
         kept = keys >= np.partition(keys, V - cfg.top_k)[V - cfg.top_k]
     if cfg.top_p is not None and cfg.top_p < 1:
