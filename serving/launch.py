@@ -77,7 +77,7 @@ class TritonServer:
     """tritonserver on 127.0.0.1 with free ports; `start()` waits until every model is ready; `stop()` ends it."""
 
     def __init__(self, repo: str, venv: str | None = None, http_port: int = 0, grpc_port: int = 0,
-                 metrics_port: int = 0, log_path: str | None = None, exit_timeout_s: int = 10,
+                 metrics_port: int = 0, log_path: str | None = None, exit_timeout_s: int = 30,
                  host: str = "127.0.0.1"):
         self.repo, self.install = os.path.abspath(repo), find_triton(venv)
         self.http_port, self.grpc_port = http_port or free_port(), grpc_port or free_port()

@@ -3,7 +3,7 @@
     REPO/chat/config.pbtxt   decoupled Python model: owns the process's one Engine (Pipeline + Scheduler); chat
     REPO/chat/1/model.py     streams; it also takes t2i and stats requests (KIND)
     REPO/t2i/config.pbtxt    Python model: text -> PNG + tokens (HTTP and gRPC), forwarded to `chat` through BLS;
-    REPO/t2i/1/model.py      `rows` instances (Triton gives an instance one request at a time, even with an async
+    REPO/t2i/1/model.py      rows // 2 instances (Triton gives an instance one request at a time, even with an async
                              execute), so that many t2i requests wait on the one scheduler at once
 The bundle's path and the pool's capacity are parameters of `chat`'s config; the tensor dims come from the
 bundle's manifest (image tokens per image).
@@ -31,7 +31,8 @@ class RepoOptions:
     backend: str = "ort"
     threads: int | None = None
     steps: int | None = None  # benchmarks only: a prefix of each image's tokens, no PNG
-    t2i_instances: int | None = None  # t2i stubs (each holds one request at a time while it waits); default rows
+    t2i_instances: int | None = None  # t2i stubs (one request each while it waits); default rows // 2: the
+    # single-image guided requests that fill the pool (each stub takes ~1 s to stop at shutdown)
     force: bool = False
 
 
@@ -89,9 +90,10 @@ def write_repo(bundle: str, out: str, opts: RepoOptions | None = None) -> str:
     params = {"bundle": os.path.abspath(bundle), "backend": opts.backend, "threads": opts.threads,
               "rows": opts.rows, "max_len": max_len, "max_queue": opts.max_queue, "steps": opts.steps}
     with staged_dir(out, opts.force, InputError) as tmp:
+        t2i_instances = opts.t2i_instances or max(1, opts.rows // 2)
         for name, src, ins, outs, dec, prm, k in (
                 ("chat", "triton_chat.py", P.CHAT_IN, P.chat_out(T), True, params, 1),
-                ("t2i", "triton_t2i.py", P.T2I_IN, P.t2i_out(T), False, None, opts.t2i_instances or opts.rows)):
+                ("t2i", "triton_t2i.py", P.T2I_IN, P.t2i_out(T), False, None, t2i_instances)):
             os.makedirs(os.path.join(tmp, name, "1"))
             shutil.copyfile(os.path.join(HERE, src), os.path.join(tmp, name, "1", "model.py"))
             with open(os.path.join(tmp, name, "config.pbtxt"), "w") as fh:

@@ -171,7 +171,7 @@ def test_client_disconnect_mid_stream_frees_its_rows(server, pipe):
 
 
 def test_shutdown_during_work_ends_cleanly(repo, png):
-    srv = TritonServer(repo, exit_timeout_s=5).start(timeout_s=120)
+    srv = TritonServer(repo, exit_timeout_s=20).start(timeout_s=120)
     outcomes: list = []
 
     def run(fn):
@@ -189,7 +189,7 @@ def test_shutdown_during_work_ends_cleanly(repo, png):
     t0 = time.monotonic()
     rc = srv.stop(timeout_s=60)
     assert rc == 0, srv.log_tail()
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - t0 < 40
     for t in threads:
         t.join(30)
     assert len(outcomes) == len(jobs), "a client hung after the server stopped"
