@@ -62,15 +62,18 @@ def _update(st: TensorStats | None, x: np.ndarray, max_samples: int, rng: np.ran
     np.maximum(st.absmax_ch, np.abs(x).max(0), out=st.absmax_ch)
     st.sumsq_ch += np.einsum("ij,ij->j", x, x, dtype=np.float64)
     st.count += x.shape[0]
-    # reservoir sampling of rows (Algorithm R, vectorised per call)
-    for row in x if x.shape[0] <= 64 else x[rng.choice(x.shape[0], 64, replace=False)]:
+    # reservoir sampling of rows (Algorithm R; a long prefill offers 64 random rows of its own)
+    rows = x if x.shape[0] <= 64 else x[rng.choice(x.shape[0], 64, replace=False)]
+    free = max_samples - st.samples.shape[0]
+    if free > 0:
+        st.samples = np.concatenate([st.samples, rows[:free]])
+        st.seen_for_reservoir += min(free, len(rows))
+        rows = rows[free:]
+    for row in rows:
         st.seen_for_reservoir += 1
-        if st.samples.shape[0] < max_samples:
-            st.samples = np.concatenate([st.samples, row[None]])
-        else:
-            j = rng.integers(0, st.seen_for_reservoir)
-            if j < max_samples:
-                st.samples[j] = row
+        j = rng.integers(0, st.seen_for_reservoir)
+        if j < max_samples:
+            st.samples[j] = row
     return st
 
 

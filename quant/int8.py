@@ -43,8 +43,8 @@ import numpy as np
 from . import graphio
 
 ORT_SESSION_CONFIG = {"session.x64quantprecision": "1"}
-ALPHAS = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # None: no smoothing
-CLIPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+ALPHAS = (None, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # None: no smoothing
+CLIPS = (1.0, 0.85, 0.7, 0.55, 0.4, 0.3, 0.2)
 _KIND = re.compile(r"/(?:mlp/)?(q|k|v|o|gate|up|down)_proj(?:_(\d+))?/MatMul$")
 
 

@@ -1,0 +1,186 @@
+"""Calibration, INT8 / FP8 QDQ graphs and the accuracy report (quant/calib.py, int8.py, fp8.py, evaluate.py,
+report.py). Graph-form checks read ORT's optimized graph, so a form that silently runs in fp32 fails."""
+from __future__ import annotations
+
+import collections
+import json
+import os
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from janus_edge.quant import calib as CB  # noqa: E402
+from janus_edge.quant import evaluate as E  # noqa: E402
+from janus_edge.quant.fp8 import quantize_fp8  # noqa: E402
+from janus_edge.quant.int8 import ORT_SESSION_CONFIG, quantize_int8  # noqa: E402
+
+SMALL_CALIB = {"n_prompts": 3, "image_steps": 16, "n_chats": 2, "chat_tokens": 6, "text_file": None}
+
+
+class Opts:
+    def __init__(self, **extra):
+        self.extra = extra
+
+
+def optimized_ops(path_or_model, tmp_path, name="opt.onnx") -> collections.Counter:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(tmp_path / name)
+    so.log_severity_level = 3
+    for k, v in ORT_SESSION_CONFIG.items():
+        so.add_session_config_entry(k, v)
+    src = path_or_model if isinstance(path_or_model, str) else path_or_model.SerializeToString()
+    ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / name)).graph.node)
+
+
+def init_types(model) -> dict:
+    return {t.name: t.data_type for t in model.graph.initializer}
+
+
+@pytest.fixture(scope="session")
+def tiny_int8(tiny_bundle, tmp_path_factory) -> str:
+    from janus_edge.quant.api import QuantOptions, quantize_bundle
+
+    out = str(tmp_path_factory.mktemp("q") / "int8")
+    return quantize_bundle(tiny_bundle, out, QuantOptions(mode="int8", progress=False, extra={
+        "calib": SMALL_CALIB, "report": {"text_tokens": 300, "image_prompts": 1, "chat_questions": 1,
+                                         "chat_tokens": 6}}))
+
+
+# ---- a MatMul whose output channels differ by 1000x: the per-channel axis must be N (axis 1 of [K, N]) --------------
+def _one_matmul(K=64, N=48, seed=0, outlier=20.0):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((K, N)) * np.logspace(-1.5, 1.5, N)[None, :]).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="/mm/MatMul")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["r", K])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["r", N])],
+                          [numpy_helper.from_array(w, "W")])
+    x = rng.standard_normal((300, K)).astype(np.float32)
+    x[:, 3] *= outlier  # an outlier channel, as trained LMs have
+    cd = CB.CalibData()
+    st = None
+    for row in np.split(x, 10):
+        st = CB._update(st, row, 512, rng)
+    cd.graphs["g"] = {"x": st}
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), x, w, cd
+
+
+def _run(model, x):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    for k, v in ORT_SESSION_CONFIG.items():
+        so.add_session_config_entry(k, v)
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _rel_ch(a, b):  # worst output channel
+    return float((np.linalg.norm(a - b, axis=0) / np.linalg.norm(b, axis=0)).max())
+
+
+def test_int8_weight_axis_and_fusion(tmp_path):
+    model, x, w, cd = _one_matmul(outlier=1.0)
+    q, info = quantize_int8(model, "g", cd, Opts(int8={"smooth": "off", "calibrator": "minmax"}))
+    dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == q.graph.node[-1].input[1])
+    assert helper.get_attribute_value(dq.attribute[0]) == 1  # axis 1 = output channels of B [K, N]
+    scales = numpy_helper.to_array(next(t for t in q.graph.initializer if t.name == dq.input[1]))
+    assert scales.shape == (w.shape[1],)
+    assert init_types(q)[dq.input[0]] == TensorProto.INT8
+    err = _rel_ch(_run(q, x), x @ w)
+    wrong = np.abs(w).max(1, keepdims=True) / 127  # scales per K row: the axis ORT's per_channel picks for MatMul
+    assert err < 0.03 and _rel_ch(x @ (np.rint(w / wrong) * wrong), x @ w) > 0.3, err
+    ops = optimized_ops(q, tmp_path)
+    assert ops["MatMulIntegerToFloat"] == 1 and ops["MatMul"] == 0, ops
+
+
+def test_smoothing_helps_outlier_channel():
+    model, x, w, cd = _one_matmul(seed=1)
+    plain, _ = quantize_int8(model, "g", cd, Opts(int8={"smooth": "off", "calibrator": "minmax"}))
+    model2, *_ = _one_matmul(seed=1)
+    smooth, info = quantize_int8(model2, "g", cd, Opts(int8={"smooth": 0.5, "calibrator": "minmax"}))
+    assert info["smoothing"]["folded"]["mul"] == 1  # a graph input: 1/s becomes a Mul
+    assert _rel(_run(smooth, x), x @ w) < _rel(_run(plain, x), x @ w)
+
+
+def test_fp8_types_and_cpu_run(tmp_path):
+    model, x, w, cd = _one_matmul()
+    q, info = quantize_fp8(model, "g", cd, Opts())
+    types = init_types(q)
+    fp8 = [n for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert fp8 and all(types.get(n.input[2]) == TensorProto.FLOAT8E4M3FN for n in fp8)
+    assert info["opset"] == 21 and "no FP8 MatMul" in info["runs_on"]
+    assert _rel(_run(q, x), x @ w) < 0.1  # ORT's CPU really runs the FP8 Q/DQ graph (as Q/DQ + fp32 MatMul)
+    assert optimized_ops(q, tmp_path)["DequantizeLinear"] >= 1
+
+
+def test_calibration_reads_given_files(tiny_bundle, tmp_path, sample_image):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("# comment\na red cube\n\na blue sphere on grass\n")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    sample_image.save(imgs / "a.png")
+    cfg = CB.CalibConfig(prompts_file=str(prompts), image_dir=str(imgs), n_prompts=10, image_steps=5, n_chats=1,
+                         chat_tokens=3, text_file=None, progress=False)
+    data = CB.collect(tiny_bundle, cfg)
+    m = data.meta
+    assert m["t2i_prompts"] == 2 and m["images"] == str(imgs) and m["chat_runs_with_image"] == 1
+    # lm calls: 2 t2i prefills + 2 x 4 CFG decode steps + chat prefill + 2 chat steps, all observed
+    assert m["observed_calls"]["lm"] == m["calls"]["lm"] == 2 + 2 * 4 + 1 + 2
+    st = next(iter(data.graphs["lm"].values()))
+    assert st.count > 0 and st.samples.shape[1] == st.absmax_ch.shape[0] and np.isfinite(st.absmax)
+    assert "hidden" in data.graphs["gen_head"]  # both CFG rows reach the head
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    with pytest.raises(CB.CalibInputError):
+        CB.collect(tiny_bundle, CB.CalibConfig(prompts_file=str(tmp_path / "empty.txt"), progress=False))
+    with pytest.raises(CB.CalibInputError):
+        CB.read_images(str(tmp_path / "nope"))
+
+
+def test_int8_bundle_graphs_and_report(tiny_int8, tiny_bundle, tmp_path):
+    lm = onnx.load(os.path.join(tiny_int8, "lm.onnx"))
+    types = init_types(lm)
+    q_nodes = [n for n in lm.graph.node if n.op_type == "QuantizeLinear"]
+    assert q_nodes and all(types[n.input[2]] == TensorProto.INT8 for n in q_nodes)
+    ops = optimized_ops(os.path.join(tiny_int8, "lm.onnx"), tmp_path)
+    n_weights = sum(1 for n in onnx.load(os.path.join(tiny_bundle, "lm.onnx")).graph.node
+                    if n.op_type == "MatMul" and "proj" in n.name)
+    assert ops["MatMulIntegerToFloat"] == n_weights, ops
+    assert optimized_ops(os.path.join(tiny_int8, "gen_head.onnx"), tmp_path, "gh.onnx")["QGemm"] == 2
+    with open(os.path.join(tiny_int8, "manifest.json")) as fh:
+        man = json.load(fh)
+    assert man["graphs"]["lm"]["quantization"]["ort_session_config"] == ORT_SESSION_CONFIG
+    with open(os.path.join(tiny_int8, "quant_report.json")) as fh:
+        rep = json.load(fh)
+    g = rep["graphs"]["lm"]
+    assert g["weight_bytes_after"] < g["weight_bytes_before"] / 3
+    assert 0.9 < g["cosine_min"] <= 1.0 + 1e-6 and g["max_abs_error"] > 0
+    t = rep["text"]
+    assert t["tokens"] == 299 and 0 < t["ppl_fp"] and 0 <= t["top1_agreement"] <= 1
+    assert 0 <= rep["image"]["greedy_token_agreement"] <= 1 and rep["image"]["psnr_db_vs_fp"] > 5
+    assert os.path.getsize(os.path.join(tiny_int8, "quant_report.md")) > 500
+
+
+def test_trained_int8_accuracy(request, tmp_path):
+    """On the trained LM (SmolLM2-135M inside Janus): int8 lm agrees with fp on held-out text."""
+    try:
+        bundle = request.getfixturevalue("trained_bundle")
+    except pytest.FixtureLookupError:
+        pytest.skip("no trained_bundle fixture in this checkout")
+    from janus_edge.quant.api import QuantOptions, quantize_bundle
+
+    out = quantize_bundle(bundle, str(tmp_path / "q"), QuantOptions(
+        mode="int8", graphs="lm", progress=False, report=False,
+        extra={"calib": {**SMALL_CALIB, "n_prompts": 6, "image_steps": 8, "text_file": CB.CALIB_TEXT_FILE},
+               "int8": {"search_rows": 128}}))
+    fp, q = E.open_bundle(bundle), E.open_bundle(out)
+    r = E.text_accuracy(fp, q, E.text_ids(fp, CB.read_text(CB.HELDOUT_FILE), 257))
+    assert r["top1_agreement"] >= 0.85 and abs(r["ppl_delta_pct"]) < 15, r
