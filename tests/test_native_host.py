@@ -99,6 +99,8 @@ CASES = [  # (vocab, n_images, has_uncond, dtype, logits kind, SamplingConfig)
     (257, 2, False, np.float32, "ties", SamplingConfig(1.0, top_k=1000)),
     (257, 2, False, np.float32, "normal", SamplingConfig(1e-30)),
     (257, 2, False, np.float32, "normal", SamplingConfig(1e-60)),       # rounds to 0 in float32: greedy
+    (257, 2, False, np.float32, "ties", SamplingConfig(1e-44)),         # a denormal float32 temperature
+    (257, 2, True, np.float32, "ties", SamplingConfig(1.0, top_k=1, top_p=0.5)),
     (257, 2, False, np.float32, "normal", SamplingConfig(0.0)),
     (16384, 2, True, np.float16, "normal", SamplingConfig(1.0, top_k=4000, top_p=0.9)),
     (102400, 1, False, np.float32, "normal", SamplingConfig(0.7, top_p=0.8)),

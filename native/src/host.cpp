@@ -50,9 +50,15 @@ uint64_t kth_key_radix(const Row& r, int k) {
   uint32_t krem = (uint32_t)k;
   for (int pass = 0; pass < je::kRadixPasses; ++pass) {
     uint32_t count[je::kRadixBins] = {0};
+    uint64_t bin_max[je::kRadixBins] = {0};
     for (uint64_t key : r.key)
-      if (je::radix_match(key, prefix, pass)) ++count[je::radix_digit(key, pass)];
-    je::radix_pick_count(count, pass, &krem, &prefix);
+      if (je::radix_match(key, prefix, pass)) {
+        int d = je::radix_digit(key, pass);
+        ++count[d];
+        bin_max[d] = std::max(bin_max[d], key);
+      }
+    int bin = je::radix_pick_count(count, pass, &krem, &prefix);
+    if (je::radix_single(count, bin_max, bin, &prefix)) break;
   }
   return prefix;
 }
@@ -81,15 +87,18 @@ uint64_t top_p_key_radix(const Row& r, uint64_t kth, double p) {
   uint64_t prefix = 0, above = 0;
   for (int pass = 0; pass < je::kRadixPasses; ++pass) {
     uint32_t count[je::kRadixBins] = {0};
-    uint64_t mass[je::kRadixBins] = {0};
+    uint64_t mass[je::kRadixBins] = {0}, bin_max[je::kRadixBins] = {0};
     for (size_t i = 0; i < r.key.size(); ++i) {
       uint64_t key = r.key[i];
       if (key >= kth && je::radix_match(key, prefix, pass)) {
-        ++count[je::radix_digit(key, pass)];
-        mass[je::radix_digit(key, pass)] += r.w[i];
+        int d = je::radix_digit(key, pass);
+        ++count[d];
+        mass[d] += r.w[i];
+        bin_max[d] = std::max(bin_max[d], key);
       }
     }
-    je::radix_pick_mass(count, mass, pass, limit, &above, &prefix);
+    int bin = je::radix_pick_mass(count, mass, pass, limit, &above, &prefix);
+    if (je::radix_single(count, bin_max, bin, &prefix)) break;
   }
   return prefix;
 }

@@ -113,30 +113,40 @@ struct RowView {                                  // one image's logits, step 1 
 struct Shared {
   uint32_t count[je::kRadixBins];
   unsigned long long mass[je::kRadixBins];
+  unsigned long long bin_max[je::kRadixBins];    // the largest key per bin (early exit on a single-key bin)
   unsigned long long red[kWarps + 1];
   unsigned long long prefix, above;
   uint32_t krem;
+  int done;
   long long token;
 };
 
+// Each pass counts (and for top-p weighs) the candidate keys per 8-bit digit; thread 0 picks the digit; a bin
+// holding a single key ends the descent early (that key is the answer).
 template <typename T>
 __device__ uint64_t select_top_k(const RowView<T>& row, int V, int k, Shared& sh) {
-  if (threadIdx.x == 0) { sh.prefix = 0; sh.krem = (uint32_t)k; }
+  if (threadIdx.x == 0) { sh.prefix = 0; sh.krem = (uint32_t)k; sh.done = 0; }
   for (int pass = 0; pass < je::kRadixPasses; ++pass) {
-    for (int b = threadIdx.x; b < je::kRadixBins; b += kThreads) sh.count[b] = 0;
+    for (int b = threadIdx.x; b < je::kRadixBins; b += kThreads) { sh.count[b] = 0; sh.bin_max[b] = 0; }
     __syncthreads();
     const uint64_t prefix = sh.prefix;
     for (int i = threadIdx.x; i < V; i += kThreads) {
       uint64_t key = je::order_key(row.l(i), (uint32_t)i);
-      if (je::radix_match(key, prefix, pass)) atomicAdd(&sh.count[je::radix_digit(key, pass)], 1u);
+      if (je::radix_match(key, prefix, pass)) {
+        int d = je::radix_digit(key, pass);
+        atomicAdd(&sh.count[d], 1u);
+        atomicMax(&sh.bin_max[d], (unsigned long long)key);
+      }
     }
     __syncthreads();
     if (threadIdx.x == 0) {
       uint64_t pf = sh.prefix;
-      je::radix_pick_count(sh.count, pass, &sh.krem, &pf);
+      int bin = je::radix_pick_count(sh.count, pass, &sh.krem, &pf);
+      sh.done = je::radix_single(sh.count, reinterpret_cast<const uint64_t*>(sh.bin_max), bin, &pf);
       sh.prefix = pf;
     }
     __syncthreads();
+    if (sh.done) break;                          // uniform: every thread reads the same flag
   }
   return sh.prefix;
 }
@@ -150,9 +160,9 @@ __device__ uint64_t select_top_p(const RowView<T>& row, int V, uint64_t kth, flo
     if (je::order_key(l, (uint32_t)i) >= kth) local += je::weight(l, lmax, temp);
   }
   const double limit = je::top_p_limit(p, block_sum(local, sh.red));
-  if (threadIdx.x == 0) { sh.prefix = 0; sh.above = 0; }
+  if (threadIdx.x == 0) { sh.prefix = 0; sh.above = 0; sh.done = 0; }
   for (int pass = 0; pass < je::kRadixPasses; ++pass) {
-    for (int b = threadIdx.x; b < je::kRadixBins; b += kThreads) { sh.count[b] = 0; sh.mass[b] = 0; }
+    for (int b = threadIdx.x; b < je::kRadixBins; b += kThreads) { sh.count[b] = 0; sh.mass[b] = 0; sh.bin_max[b] = 0; }
     __syncthreads();
     const uint64_t prefix = sh.prefix;
     for (int i = threadIdx.x; i < V; i += kThreads) {
@@ -162,16 +172,19 @@ __device__ uint64_t select_top_p(const RowView<T>& row, int V, uint64_t kth, flo
         int d = je::radix_digit(key, pass);
         atomicAdd(&sh.count[d], 1u);
         atomicAdd(&sh.mass[d], (unsigned long long)je::weight(l, lmax, temp));
+        atomicMax(&sh.bin_max[d], (unsigned long long)key);
       }
     }
     __syncthreads();
     if (threadIdx.x == 0) {
       uint64_t pf = sh.prefix, ab = sh.above;
-      je::radix_pick_mass(sh.count, reinterpret_cast<const uint64_t*>(sh.mass), pass, limit, &ab, &pf);
+      int bin = je::radix_pick_mass(sh.count, reinterpret_cast<const uint64_t*>(sh.mass), pass, limit, &ab, &pf);
+      sh.done = je::radix_single(sh.count, reinterpret_cast<const uint64_t*>(sh.bin_max), bin, &pf);
       sh.prefix = pf;
       sh.above = ab;
     }
     __syncthreads();
+    if (sh.done) break;
   }
   return sh.prefix;
 }

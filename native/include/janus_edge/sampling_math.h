@@ -147,22 +147,24 @@ JE_HD bool radix_match(uint64_t key, uint64_t prefix, int pass) {
   return pass == 0 || (key >> (64 - 8 * pass)) == (prefix >> (64 - 8 * pass));
 }
 
-// top-k: the bin holding the krem-th largest key (1-based) among the counted ones; krem and the prefix advance
-JE_HD void radix_pick_count(const uint32_t* count, int pass, uint32_t* krem, uint64_t* prefix) {
+// top-k: the bin holding the krem-th largest key (1-based) among the counted ones; krem and the prefix advance.
+// Returns the bin.
+JE_HD int radix_pick_count(const uint32_t* count, int pass, uint32_t* krem, uint64_t* prefix) {
   uint32_t acc = 0;
   for (int b = kRadixBins - 1; b >= 0; --b) {
     if (acc + count[b] >= *krem) {
       *krem -= acc;
       *prefix |= (uint64_t)b << radix_shift(pass);
-      return;
+      return b;
     }
     acc += count[b];
   }
+  return 0;                                      // unreachable: krem <= the number counted
 }
 
-// top-p: the lowest non-empty bin whose mass-above (above + mass of higher bins) is still < limit
-JE_HD void radix_pick_mass(const uint32_t* count, const uint64_t* mass, int pass, double limit, uint64_t* above,
-                           uint64_t* prefix) {
+// top-p: the lowest non-empty bin whose mass-above (above + mass of higher bins) is still < limit. Returns the bin.
+JE_HD int radix_pick_mass(const uint32_t* count, const uint64_t* mass, int pass, double limit, uint64_t* above,
+                          uint64_t* prefix) {
   uint64_t s = *above, best_above = *above;
   int best = -1;
   for (int b = kRadixBins - 1; b >= 0; --b) {
@@ -175,6 +177,15 @@ JE_HD void radix_pick_mass(const uint32_t* count, const uint64_t* mass, int pass
   if (best < 0) best = 0;                        // unreachable: the top key always qualifies (limit > 0)
   *above = best_above;
   *prefix |= (uint64_t)best << radix_shift(pass);
+  return best;
+}
+
+// Early exit: when the chosen bin holds a single key, that key (the bin's maximum) is the answer; the later passes
+// would only spell it out digit by digit.
+JE_HD bool radix_single(const uint32_t* count, const uint64_t* bin_max, int bin, uint64_t* prefix) {
+  if (count[bin] != 1) return false;
+  *prefix = bin_max[bin];
+  return true;
 }
 
 // ---- kv_append: one 'unit' (vec bytes) of one layer's new K or V -> its destination in the cache, in units -------
