@@ -185,6 +185,17 @@ def test_unicode_text_round_trips_and_matches_transformers(text, pipe, processor
     assert ids == _hf_chat_ids(processor, text, sample_image)
 
 
+def test_unicode_round_trips_through_a_real_bpe_tokenizer(trained_ckpt):
+    """The same on SmolLM2's BPE grown by the Janus tokens (the tiny preset's tokenizer is a toy)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(os.path.join(trained_ckpt, "tokenizer.json"))
+    for text in UNICODE:
+        assert tok.decode(tok.encode(text, add_special_tokens=False).ids, skip_special_tokens=False) == text
+    ids = tok.encode("a <image_placeholder> b", add_special_tokens=False).ids
+    assert tok.token_to_id("<image_placeholder>") in ids  # what the refusal of a typed placeholder looks for
+
+
 def test_unicode_text_through_the_cli(cli, tiny_bundle, sample_image, tmp_path):
     code, out, _ = cli("generate", tiny_bundle, "--prompt", UNICODE[0], "--out", tmp_path / "狐狸.png", "--seed", 0)
     assert code == 0 and os.path.isfile(tmp_path / "狐狸.png")
