@@ -1,5 +1,5 @@
-"""Time the native kernels on a GPU against the bytes they move (run from the repo: PYTHONPATH=. python
-native/bench_kernels.py [--iters N]). Needs cuda-bindings and the built CUDA library. Prints one line per case:
+"""Time the native kernels on a GPU against the bytes they move (python native/bench_kernels.py [--iters N], installed or
+from the source tree). Needs cuda-bindings and the built CUDA library. Prints one line per case:
 microseconds per call (CUDA events around N launches in a captured graph, so launch overhead is amortised as in the
 decode loop) and the DRAM bytes the kernel must move (kv_append: read + write of the new K/V; cfg_sample: one read of
 the logits, the later passes hit L2) with the bandwidth that implies."""
@@ -10,7 +10,19 @@ import argparse
 import numpy as np
 
 
+def _source_tree_imports() -> None:
+    """Run from an uninstalled checkout too: janus_edge.runtime is the repo's runtime/ (pyproject's package-dir)."""
+    import os
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, repo)
+    import janus_edge
+    if repo not in janus_edge.__path__:
+        janus_edge.__path__.append(repo)
+
+
 def main() -> None:
+    _source_tree_imports()
     from cuda.bindings import runtime as rt
 
     from janus_edge.runtime.native import load_cuda_lib
@@ -18,6 +30,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=200)
     a = ap.parse_args()
+    err, count = rt.cudaGetDeviceCount()
+    if err != rt.cudaError_t.cudaSuccess or count == 0:
+        raise SystemExit(f"error: no CUDA GPU here ({err})")
     k = load_cuda_lib()
 
     def ok(res):
