@@ -32,7 +32,7 @@ def load_image(src):
         raise InputError(f"expected an image path or a PIL.Image, got {type(src).__name__}")
     path = os.fspath(src)
     if not os.path.isfile(path):
-        raise InputError(f"image not found: {path}")
+        raise InputError(f"image is not a file: {path}" if os.path.exists(path) else f"image not found: {path}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit: refuse, not warn

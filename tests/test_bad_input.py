@@ -263,6 +263,20 @@ def test_truncated_jpeg_is_refused(cli, one_error_line, tiny_bundle, sample_imag
         load_image(Image.open(tmp_path / "cut.jpg"))
 
 
+@pytest.mark.parametrize("kind,needle", [("empty", "not a readable image"), ("html", "not a readable image"),
+                                         ("dir", "not a file"), ("missing", "not found")])
+def test_unreadable_image_paths(kind, needle, cli, one_error_line, tiny_bundle, tmp_path):
+    p = tmp_path / "x.png"
+    if kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "html":
+        p.write_text("<html>404 Not Found</html>")
+    elif kind == "dir":
+        p.mkdir()
+    code, out, err = cli("chat", tiny_bundle, "--image", p, "--question", "What?")
+    assert code == 2 and needle in one_error_line(err) and out == ""
+
+
 @pytest.fixture(scope="module")
 def odd_images(tmp_path_factory, sample_image):
     """Image files transformers' load_image reads too: {name: path}."""
