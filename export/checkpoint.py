@@ -41,6 +41,7 @@ class LoadedCheckpoint:
     num_image_tokens: int
     chat_template: str | None = None
     warnings: list = field(default_factory=list)
+    weights: Any = None  # open_checkpoint: a stream.WeightSource; `model` is then on the meta device
 
 
 def _read_json(path: str, what: str = "") -> dict:
@@ -190,14 +191,28 @@ def _empty_model(config, dtype):
         return JanusForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="eager")
 
 
-def _load_original(path: str, dtype, token_ids: dict):
-    from janus_edge.export.original_format import (hf_key_to_original, original_to_hf_config,
-                                                      original_to_hf_state_dict)
+def _original_config(path: str, token_ids: dict):
+    from janus_edge.export.original_format import original_to_hf_config
 
     try:
-        config = original_to_hf_config(_read_json(os.path.join(path, "config.json")), token_ids)
+        return original_to_hf_config(_read_json(os.path.join(path, "config.json")), token_ids)
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}/config.json: bad original config ({e})") from None
+
+
+def _hf_config(path: str):
+    from transformers import JanusConfig
+
+    try:
+        return JanusConfig.from_pretrained(path, local_files_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}/config.json: bad Janus config ({str(e).splitlines()[0][:200]})") from None
+
+
+def _load_original(path: str, dtype, token_ids: dict):
+    from janus_edge.export.original_format import hf_key_to_original, original_to_hf_state_dict
+
+    config = _original_config(path, token_ids)
     sd, unknown = original_to_hf_state_dict(_load_tensors(_weight_files(path)))
     model = _empty_model(config, dtype)
     expected = model.state_dict()
@@ -246,13 +261,10 @@ def _check_shapes(path: str, want: dict, have: dict, names=lambda k: k) -> None:
 
 
 def _load_hf(path: str, dtype):
-    from transformers import JanusConfig, JanusForConditionalGeneration
+    from transformers import JanusForConditionalGeneration
 
     files = _weight_files(path)
-    try:
-        config = JanusConfig.from_pretrained(path, local_files_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}/config.json: bad Janus config ({str(e).splitlines()[0][:200]})") from None
+    config = _hf_config(path)
     _check_safetensors(path, files, config)
     try:
         model, info = JanusForConditionalGeneration.from_pretrained(
@@ -272,20 +284,69 @@ def _load_hf(path: str, dtype):
 
 def load_checkpoint(path: str, dtype: str = "float32") -> LoadedCheckpoint:
     """Load an HF-format or original-format Janus checkpoint dir (offline); raises CheckpointError on bad input."""
+    return _checkpoint(path, dtype, lazy=False)
+
+
+def open_checkpoint(path: str, dtype: str = "float32") -> LoadedCheckpoint:
+    """As `load_checkpoint`, but reading no weights: the model is built on the meta device and `weights` (a
+    `stream.WeightSource`) reads each tensor from the files when asked. Names and shapes are checked here."""
+    return _checkpoint(path, dtype, lazy=True)
+
+
+def _open_hf(path: str, dtype):
+    from .stream import hf_source
+
+    config = _hf_config(path)
+    source = hf_source(_weight_files(path))
+    _check_against(path, config, source.shapes)
+    with torch.device("meta"):
+        model = _empty_model(config, dtype)
+    return model, config, [], source
+
+
+def _open_original(path: str, dtype, token_ids: dict):
+    from .original_format import hf_key_to_original
+    from .stream import original_source
+
+    config = _original_config(path, token_ids)
+    source, unknown = original_source(_weight_files(path))
+    _check_against(path, config, source.shapes, names=hf_key_to_original)
+    with torch.device("meta"):
+        model = _empty_model(config, dtype)
+    warnings = [f"ignored {len(unknown)} unknown tensors (e.g. {', '.join(unknown[:3])})"] if unknown else []
+    return model, config, warnings, source
+
+
+def _check_against(path: str, config, have: dict, names=lambda k: k) -> None:
+    want = _expected_shapes(config)
+    missing = [k for k in want if k not in have]
+    if missing:
+        raise _missing_error(path, [names(k) for k in missing])
+    _check_shapes(path, want, have, names=names)
+
+
+def _checkpoint(path: str, dtype: str, lazy: bool) -> LoadedCheckpoint:
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     path = os.path.abspath(path)
     fmt = detect_format(path)
     token_ids = read_special_tokens(path)
+    source = None
     if fmt == "hf":
-        model, config, warnings = _load_hf(path, DTYPES[dtype])
+        if lazy:
+            model, config, warnings, source = _open_hf(path, DTYPES[dtype])
+        else:
+            model, config, warnings = _load_hf(path, DTYPES[dtype])
         proc = _opt_json(os.path.join(path, "processor_config.json"))
         use_sys = bool(proc.get("use_default_system_prompt", False))
         if config.image_token_id != token_ids["image"]:
             raise CheckpointError(f"{path}: config image_token_id {config.image_token_id} differs from the "
                                   f"tokenizer's <image_placeholder> id {token_ids['image']}")
     else:
-        model, config, warnings = _load_original(path, DTYPES[dtype], token_ids)
+        if lazy:
+            model, config, warnings, source = _open_original(path, DTYPES[dtype], token_ids)
+        else:
+            model, config, warnings = _load_original(path, DTYPES[dtype], token_ids)
         proc, use_sys = _opt_json(os.path.join(path, "processor_config.json")), True
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -295,4 +356,4 @@ def load_checkpoint(path: str, dtype: str = "float32") -> LoadedCheckpoint:
         image_preprocess=read_image_preprocess(path, config.vision_config.image_size),
         use_default_system_prompt=use_sys,
         num_image_tokens=int(proc.get("num_image_tokens", config.vision_config.num_image_tokens)),
-        chat_template=_chat_template(path), warnings=warnings)
+        chat_template=_chat_template(path), warnings=warnings, weights=source)

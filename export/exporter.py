@@ -6,6 +6,7 @@ seconds, where `dynamo=True` failed on the cache arguments' dynamic shapes and i
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -19,8 +20,9 @@ import torch
 from janus_edge import contract as C
 from janus_edge.errors import InputError
 
-from .checkpoint import TOKENIZER_FILES, LoadedCheckpoint, load_checkpoint
+from .checkpoint import TOKENIZER_FILES, LoadedCheckpoint, load_checkpoint, open_checkpoint
 from .graphs import build_module
+from .stream_export import STREAMED, gather_external, trace_with_weight_inputs, weights_to_initializers
 from .staging import check_target, staged_dir
 
 
@@ -36,6 +38,7 @@ class ExportOptions:
     graphs: tuple[str, ...] = C.GRAPHS
     external_data_threshold: int = 1 << 30  # graphs with more weight bytes than this keep them in NAME.onnx.data
     progress: bool = True
+    streaming: bool = True  # read weights per graph / per tensor (stream_export.py); False: the whole model in memory
 
 
 def model_dims(ck: LoadedCheckpoint) -> C.ModelDims:
@@ -72,34 +75,53 @@ def _log(opts: ExportOptions, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def export_graph(name: str, model, spec: C.GraphSpec, dims: C.ModelDims, path: str,
+def export_graph(name: str, ck: LoadedCheckpoint, spec: C.GraphSpec, dims: C.ModelDims, path: str,
                  opts: ExportOptions) -> tuple[list[str], int]:
-    """Export one graph to `path`; returns (the sidecar external-data file names beside it, its weight bytes)."""
-    import onnx
+    """Export one graph to `path`; returns (the sidecar external-data file names beside it, its weight bytes).
+    A streaming checkpoint (`ck.weights`) gives the graph its weights only while it is exported: the LM-side
+    graphs tensor by tensor straight into the file (stream_export.py), the others as one materialised module."""
+    from .stream import load_module, materialized, release
 
-    module = build_module(name, model)
-    args = example_inputs(spec, dims, TORCH_DTYPES[opts.dtype])
-    param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    module = build_module(name, ck.model)
+    tdtype = TORCH_DTYPES[opts.dtype]
+    args = example_inputs(spec, dims, tdtype)
+    param_bytes = sum(p.numel() * tdtype.itemsize if p.is_floating_point() else p.numel() * p.element_size()
+                      for p in module.parameters())
     external = param_bytes > opts.external_data_threshold
-    target = path if not external else os.path.join(os.path.dirname(path), f".raw-{name}", os.path.basename(path))
-    os.makedirs(os.path.dirname(target), exist_ok=True)
+    raw_dir = os.path.join(os.path.dirname(path), f".raw-{name}")
+    os.makedirs(raw_dir, exist_ok=True)
+    raw = os.path.join(raw_dir, os.path.basename(path))
+    kwargs = dict(input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+                  dynamic_axes=dynamic_axes(spec), opset_version=OPSET, do_constant_folding=True)
+    try:
+        if ck.weights is not None and name in STREAMED:
+            full = {id(p): n for n, p in ck.model.named_parameters()}
+            keys = {n: full[id(p)] for n, p in module.named_parameters()}
+            load_module(ck.model, module, None, tdtype, params=False)  # rotary inv_freq and such
+            try:
+                trace_with_weight_inputs(module, args, raw, kwargs)
+            finally:
+                release(module)
+            weights_to_initializers(raw, path, keys, ck.weights, external)
+            return ([f"{os.path.basename(path)}.data"] if external else []), stamp_io(path, spec)
+        with contextlib.ExitStack() as stack:
+            if ck.weights is not None:
+                stack.enter_context(materialized(ck.model, module, ck.weights, tdtype))
+            _trace(module, args, raw if external else path, kwargs)
+        if not external:
+            return [], stamp_io(path, spec)
+        # The tracer writes one file per large tensor (graphs over 2 GB); gather them into a single NAME.onnx.data.
+        gather_external(raw, path)
+        return [f"{os.path.basename(path)}.data"], stamp_io(path, spec)
+    finally:
+        shutil.rmtree(raw_dir, ignore_errors=True)
+
+
+def _trace(module, args, path: str, kwargs: dict) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         # the tracer's TracerWarnings / deprecation notes are about its own internals, not the user's model
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, target, input_names=[t.name for t in spec.inputs],
-                          output_names=[t.name for t in spec.outputs], dynamic_axes=dynamic_axes(spec),
-                          opset_version=OPSET, dynamo=False, do_constant_folding=True)
-    weight_bytes = stamp_io(target, spec)
-    if not external:
-        return [], weight_bytes
-    # The tracer writes one file per large tensor; gather them into a single NAME.onnx.data.
-    proto = onnx.load(target, load_external_data=True)
-    data = os.path.basename(path) + ".data"
-    onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data,
-                    size_threshold=1024)
-    del proto
-    shutil.rmtree(os.path.dirname(target))
-    return [data], weight_bytes
+        torch.onnx.export(module, args, path, dynamo=False, **kwargs)
 
 
 def stamp_io(path: str, spec: C.GraphSpec) -> int:
@@ -134,7 +156,7 @@ def export_bundle(checkpoint: str, out: str, dtype: str = "float32", force: bool
         raise InputError(f"unsupported --dtype {opts.dtype!r}; choose one of {', '.join(TORCH_DTYPES)}")
     check_target(out, opts.force, InputError)  # before the (slow) checkpoint load
     t0 = time.time()
-    ck = load_checkpoint(checkpoint, dtype=opts.dtype)
+    ck = (open_checkpoint if opts.streaming else load_checkpoint)(checkpoint, dtype=opts.dtype)
     _log(opts, f"loaded {ck.format} checkpoint {checkpoint} in {time.time() - t0:.1f}s")
     with staged_dir(out, opts.force, InputError) as tmp:
         write_bundle(ck, tmp, opts).save(tmp)
@@ -146,6 +168,14 @@ def export_bundle(checkpoint: str, out: str, dtype: str = "float32", force: bool
     return out
 
 
+def text_table(ck: LoadedCheckpoint, dtype: torch.dtype) -> np.ndarray:
+    """The text-embedding table in `dtype`, from the model or (streaming) read from the checkpoint alone."""
+    if ck.weights is None:
+        return ck.model.get_input_embeddings().weight.detach().to(dtype).numpy()
+    key = {id(p): n for n, p in ck.model.named_parameters()}[id(ck.model.get_input_embeddings().weight)]
+    return ck.weights.get(key, dtype).numpy()
+
+
 def write_bundle(ck: LoadedCheckpoint, d: str, opts: ExportOptions) -> C.Manifest:
     dims = model_dims(ck)
     specs = C.graph_specs(dims, opts.dtype)
@@ -153,12 +183,12 @@ def write_bundle(ck: LoadedCheckpoint, d: str, opts: ExportOptions) -> C.Manifes
     for i, name in enumerate(opts.graphs, 1):
         t = time.time()
         _log(opts, f"[{i}/{len(opts.graphs)}] exporting {name} ...")
-        extra, weight_bytes = export_graph(name, ck.model, specs[name], dims, os.path.join(d, f"{name}.onnx"), opts)
+        extra, weight_bytes = export_graph(name, ck, specs[name], dims, os.path.join(d, f"{name}.onnx"), opts)
         graphs[name] = C.GraphEntry(file=f"{name}.onnx", inputs=[s.to_json() for s in specs[name].inputs],
                                     outputs=[s.to_json() for s in specs[name].outputs], precision=opts.dtype,
                                     external_data=extra, weight_bytes=weight_bytes)
         _log(opts, f"[{i}/{len(opts.graphs)}] {name} done in {time.time() - t:.1f}s")
-    table = ck.model.get_input_embeddings().weight.detach().to(TORCH_DTYPES[opts.dtype]).numpy()
+    table = text_table(ck, TORCH_DTYPES[opts.dtype])
     np.save(os.path.join(d, "text_embed.npy"), table)
     for f in TOKENIZER_FILES:
         src = os.path.join(ck.tokenizer_dir, f)

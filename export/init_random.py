@@ -1,9 +1,11 @@
 """Write a complete HF-format Janus checkpoint with random (seeded) weights, loadable by transformers offline."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+import zlib
 
 import torch
 from transformers import GenerationConfig, JanusForConditionalGeneration, JanusProcessor
@@ -11,6 +13,7 @@ from transformers import GenerationConfig, JanusForConditionalGeneration, JanusP
 from janus_edge.errors import CheckpointError
 from janus_edge.export.presets import PRESETS, make_config
 from janus_edge.export.staging import staged_dir
+from janus_edge.export.stream_io import SafetensorsWriter, nbytes
 from janus_edge.export.tokenizer_build import BOI, BOS, EOS, IMAGE, TOKENIZER_SPECS, build_hf_tokenizer
 
 # Renders a conversation as the published deepseek-community checkpoints do (same output as the template of
@@ -90,6 +93,7 @@ def make_generation_config(preset: str) -> GenerationConfig:
 
 
 def _build_model(preset: str, seed: int) -> JanusForConditionalGeneration:
+    """The whole model in memory with transformers' own init (small presets; `init_random` streams instead)."""
     torch.manual_seed(seed)
     model = JanusForConditionalGeneration(make_config(preset)).to(torch.float32).eval()
     with torch.no_grad():
@@ -99,25 +103,157 @@ def _build_model(preset: str, seed: int) -> JanusForConditionalGeneration:
     return model
 
 
-def init_random(preset: str, out: str, seed: int = 0, force: bool = False) -> str:
+BLOCK_BYTES = 256 << 20  # fp32 bytes of a subtree initialised as one piece (a decoder layer of Pro-7B: 0.8 GB)
+DEFAULT_DTYPE = {"tiny": "float32", "pro-1b": "float32", "pro-7b": "bfloat16"}  # pro-7b as published (bf16)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _meta_model(config) -> JanusForConditionalGeneration:
+    from transformers.initialization import no_init_weights
+
+    with torch.device("meta"), no_init_weights():
+        return JanusForConditionalGeneration(config).eval()
+
+
+def _own(module, keys: set, prefix: str) -> list[tuple[str, str]]:
+    """(attribute, full key) of the tensors a module holds itself that the checkpoint stores."""
+    out = []
+    for attr, t in (*module._parameters.items(), *module._buffers.items()):
+        key = f"{prefix}{attr}"
+        if t is not None and key in keys:
+            out.append((attr, key))
+    return out
+
+
+def _pieces(model, keys: set):
+    """Split the model into pieces initialised one at a time, in state_dict order: a subtree whose tensors fit in
+    BLOCK_BYTES (fp32) is one piece; a larger module contributes its own tensors, then its children's pieces.
+    Yields (name, module, recurse) with `owner`, the nearest PreTrainedModel whose `_init_weights` applies."""
+    from transformers import PreTrainedModel
+
+    def walk(module, name, owner):
+        owner = module if isinstance(module, PreTrainedModel) else owner
+        size = sum(t.numel() * 4 for t in (*module.parameters(), *module.buffers()))
+        if size <= BLOCK_BYTES:
+            yield name, module, True, owner
+            return
+        yield name, module, False, owner
+        for child_name, child in module.named_children():
+            yield from walk(child, f"{name}.{child_name}" if name else child_name, owner)
+
+    yield from walk(model, "", model)
+
+
+def _piece_seed(seed: int, name: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (1 << 62)
+
+
+def _init_piece(module, recurse: bool, owner, seed: int) -> None:
+    """Materialise one piece on the CPU and initialise it as transformers does (children first, then parents, each
+    with the `_init_weights` of its nearest PreTrainedModel), from its own seed."""
+    from transformers import PreTrainedModel
+
+    module.to_empty(device="cpu", recurse=recurse)
+    torch.manual_seed(seed)
+
+    def apply(m, own_owner):
+        own_owner = m if isinstance(m, PreTrainedModel) else own_owner
+        if recurse:
+            for child in m.children():
+                apply(child, own_owner)
+        own_owner._init_weights(m)
+
+    with torch.no_grad():
+        apply(module, owner)
+
+
+def random_tensors(config, dtype: torch.dtype, seed: int):
+    """(key, tensor) of a random checkpoint in state_dict order, one piece of the model in memory at a time.
+    The first item is the layout: a list of (key, dtype, shape), known before any tensor is made."""
+    model = _meta_model(config)
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    sd = {k: v for k, v in model.state_dict().items() if k not in tied}
+    cast = {k: dtype if v.is_floating_point() else v.dtype for k, v in sd.items()}
+    yield [(k, cast[k], tuple(v.shape)) for k, v in sd.items()]
+    keys = set(sd)
+    for name, module, recurse, owner in _pieces(model, keys):
+        prefix = f"{name}." if name else ""
+        if recurse:
+            items = [(f"{prefix}{k}", k) for k in module.state_dict() if f"{prefix}{k}" in keys]
+        else:
+            items = [(key, attr) for attr, key in _own(module, keys, prefix)]
+        if not items:
+            continue
+        _init_piece(module, recurse, owner, _piece_seed(seed, name))
+        local = module.state_dict() if recurse else {a: t for a, t in
+                                                      (*module._parameters.items(), *module._buffers.items())}
+        for key, attr in items:
+            t = local[attr].detach()
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise RuntimeError(f"random init produced non-finite values in {key}")
+            yield key, t.to(cast[key])
+        del local
+        module.to_empty(device="meta", recurse=recurse)
+
+
+def _shards(layout: list, max_bytes: int) -> list[list]:
+    shards, size = [[]], 0
+    for item in layout:
+        b = nbytes(item[2], item[1])
+        if shards[-1] and size + b > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(item)
+        size += b
+    return shards
+
+
+def write_random_weights(config, out_dir: str, dtype: torch.dtype, seed: int, max_shard_bytes: int = 2 * 10**9) -> int:
+    """Write model*.safetensors (+ the index when sharded) tensor by tensor; returns the number of parameters."""
+    stream = random_tensors(config, dtype, seed)
+    shards = _shards(next(stream), max_shard_bytes)
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)])
+    weight_map, total, count = {}, 0, 0
+    for fname, layout in zip(names, shards):
+        with SafetensorsWriter(os.path.join(out_dir, fname), layout) as w:
+            for key, _, shape in layout:
+                k, t = next(stream)
+                w.write(k, t)
+                weight_map[k], total, count = fname, total + nbytes(shape, t.dtype), count + t.numel()
+        _log(f"wrote {fname} ({os.path.getsize(os.path.join(out_dir, fname)) / 1e9:.2f} GB)")
+    if len(shards) > 1:
+        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as fh:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, fh, indent=2)
+    return count
+
+
+def init_random(preset: str, out: str, seed: int = 0, force: bool = False, dtype: str | None = None) -> str:
     """Write a random-weight HF-format checkpoint of `preset` to `out`; returns `out`.
 
     Files: config.json, generation_config.json, model*.safetensors, tokenizer.json + tokenizer_config.json,
     processor/preprocessor config with the chat template. Written to a temp dir beside `out`, then moved.
+    Weights are made and written one piece at a time (a decoder layer, an embedding): the model is never held
+    whole, so Pro-7B (bf16 by default, as published) is written in a few GB of memory. `dtype`: float32, bfloat16
+    or float16; default per preset (DEFAULT_DTYPE).
     """
     if preset not in PRESETS:
         raise CheckpointError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    dtype = dtype or DEFAULT_DTYPE[preset]
+    if dtype not in _DTYPES:
+        raise CheckpointError(f"unknown dtype {dtype!r} (choose from {', '.join(_DTYPES)})")
     out = os.path.abspath(out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with staged_dir(out, force, CheckpointError) as tmp:
         t0 = time.time()
-        _log(f"building {preset} with random weights (seed {seed})")
-        model = _build_model(preset, seed)
-        n = sum(p.numel() for p in model.parameters())
-        _log(f"{n / 1e6:.1f}M parameters built in {time.time() - t0:.1f} s; writing safetensors to {out}")
-        model.generation_config = make_generation_config(preset)
-        model.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB")
-        del model
+        _log(f"writing {preset} with random weights (seed {seed}, {dtype}) to {out}")
+        config = make_config(preset)
+        n = write_random_weights(config, tmp, _DTYPES[dtype], seed)
+        _log(f"{n / 1e6:.1f}M parameters written in {time.time() - t0:.1f} s")
+        config.architectures = ["JanusForConditionalGeneration"]
+        config.dtype = dtype
+        config.save_pretrained(tmp)
+        make_generation_config(preset).save_pretrained(tmp)
         processor = make_processor(preset)
         processor.save_pretrained(tmp)
         # transformers 5 keeps the image processor inside processor_config.json; older readers look here.

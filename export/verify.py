@@ -1,7 +1,12 @@
 """`janus-edge verify`: each graph of a bundle in ONNX Runtime against transformers on the same inputs, plus a
 whole-model check (prefill + decode steps through `lm` + `gen_head` against transformers' own cache and head).
 
-The reference is always the fp32 model; an fp16 bundle gets the same (fp16-rounded) inputs and fp16 tolerances."""
+The reference is always the fp32 model; an fp16 bundle gets the same (fp16-rounded) inputs and fp16 tolerances.
+Memory: the checkpoint is opened lazily (model on the meta device, `stream.py`); each graph's reference modules get
+their fp32 weights only while that graph is checked, the reference language model one decoder layer at a time, and
+each ONNX Runtime session is dropped before the next graph. fp16 graphs run without ORT's graph optimizations:
+its CPU provider would otherwise fold fp32 copies of every fp16 weight (twice the memory: Pro-7B's lm, 12 GB in
+fp16, would take 24 GB more)."""
 from __future__ import annotations
 
 import os
@@ -13,9 +18,10 @@ import torch
 from janus_edge import contract as C
 from janus_edge.errors import BundleError
 
-from .checkpoint import load_checkpoint
+from .checkpoint import open_checkpoint
 from .exporter import TORCH_DTYPES, example_inputs
 from .graphs import build_module
+from .stream import load_module, materialized, offload_layers, release
 
 # (max abs error relative to the reference's max magnitude, min cosine) per bundle float dtype
 TOLERANCE = {"float32": (1e-4, 0.99999), "float16": (2e-2, 0.999)}
@@ -71,21 +77,25 @@ def _session(bundle: str, m: C.Manifest, graph: str):
     import onnxruntime as ort
 
     C.check_files(bundle, m, C.graph_files(m, graph))
-    return ort.InferenceSession(os.path.join(bundle, m.graphs[graph].file), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    if m.graphs[graph].precision == "float16":
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(os.path.join(bundle, m.graphs[graph].file), so, providers=["CPUExecutionProvider"])
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def check_simple_graph(bundle, m, model, name, dtype) -> Row:
+def check_simple_graph(bundle, m, ck, name, dtype) -> Row:
     spec = m.graphs[name].spec(name)
     args = example_inputs(spec, m.dims, TORCH_DTYPES[dtype])
     # another batch size than the export's example, so the symbolic dims are exercised
     args = tuple(torch.cat([a, a[:1]]) if a.dim() > 1 else a for a in args)
-    with torch.no_grad():  # the reference runs in fp32 on the same (possibly fp16-rounded) inputs
-        ref = REFERENCE.get(name, lambda mdl: build_module(name, mdl))(model)(
-            *(a.float() if a.is_floating_point() else a for a in args))
+    model, module = ck.model, build_module(name, ck.model)
+    # the reference runs in fp32 on the same (possibly fp16-rounded) inputs, with this graph's weights only
+    with torch.no_grad(), materialized(model, module, ck.weights, torch.float32):
+        ref = REFERENCE.get(name, lambda mdl: module)(model)(*(a.float() if a.is_floating_point() else a for a in args))
     got = _session(bundle, m, name).run(None, {t.name: _np(a) for t, a in zip(spec.inputs, args)})[0]
     if name == "vq_encoder":
         agree = float(np.mean(got == _np(ref)))
@@ -100,17 +110,33 @@ def _cache_feeds(dims: C.ModelDims, cache: list[np.ndarray]) -> dict:
     return dict(zip([n for pair in zip(pk, pv) for n in pair], cache))
 
 
-def check_lm_and_loop(bundle, m, model, dtype, steps: int = 4, prompt_len: int = 9) -> list[Row]:
+def check_lm_and_loop(bundle, m, ck, dtype, steps: int = 4, prompt_len: int = 9) -> list[Row]:
     """Prefill + `steps` CFG decode steps: ORT lm + gen_head vs transformers' language model (its own cache)
     and generation head, fed the same embeddings and the same (reference-greedy) tokens."""
+    model, dims, tdt = ck.model, m.dims, TORCH_DTYPES[dtype]
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, dims.vocab_size, (2, prompt_len), generator=g)
+    with torch.no_grad(), materialized(model, model.get_input_embeddings(), ck.weights, torch.float32) as embed:
+        emb = embed(ids).to(tdt).float()  # both sides see the bundle-dtype values
+    lang = model.model.language_model
+    parts = [lang.norm, lang.rotary_emb, model.model.generation_head, model.model.generation_embeddings,
+             model.model.generation_aligner]
+    try:
+        for part in parts:
+            load_module(model, part, ck.weights, torch.float32)
+        with offload_layers(model, list(lang.layers), ck.weights, torch.float32):
+            return _lm_loop(bundle, m, model, dtype, emb, steps)
+    finally:
+        for part in parts:
+            release(part)
+
+
+def _lm_loop(bundle, m, model, dtype, emb, steps) -> list[Row]:
     from transformers import DynamicCache
 
     dims, tdt = m.dims, TORCH_DTYPES[dtype]
     lm, head = _session(bundle, m, "lm"), _session(bundle, m, "gen_head")
-    g = torch.Generator().manual_seed(1)
-    rows, total = 2, prompt_len + steps
-    emb = model.get_input_embeddings()(torch.randint(0, dims.vocab_size, (rows, prompt_len), generator=g))
-    emb = emb.to(tdt).float()  # both sides see the bundle-dtype values
+    rows, total = emb.shape[0], emb.shape[1] + steps
     cache = [np.zeros((rows, dims.num_kv_heads, total, dims.head_dim), dtype) for _ in range(2 * dims.num_layers)]
     ref_cache, w = DynamicCache(config=model.config.text_config), np.array([5.0], dtype)
     hid_rows, logit_rows, kv_rows = [], [], []
@@ -150,21 +176,23 @@ def verify_bundle(bundle: str, checkpoint: str, graphs: tuple[str, ...] = C.GRAP
     dtype = m.dtype
     # The reference is the fp32 model for every bundle dtype: an fp16 bundle is measured against the true
     # model (with fp16 tolerances), and torch's fp16 CPU kernels would make the check slow.
-    model = load_checkpoint(checkpoint, dtype="float32").model
+    ck = open_checkpoint(checkpoint, dtype="float32")
     report = VerifyReport()
     for name in graphs:
         if name == "lm":
-            report.rows += check_lm_and_loop(bundle, m, model, dtype)
+            report.rows += check_lm_and_loop(bundle, m, ck, dtype)
         else:
-            report.rows.append(check_simple_graph(bundle, m, model, name, dtype))
-    report.rows.append(check_text_table(bundle, m, model))
+            report.rows.append(check_simple_graph(bundle, m, ck, name, dtype))
+    report.rows.append(check_text_table(bundle, m, ck))
     return report
 
 
-def check_text_table(bundle, m, model) -> Row:
+def check_text_table(bundle, m, ck) -> Row:
+    from .exporter import text_table
+
     C.check_files(bundle, m, [m.text_embedding["file"]])
     table = np.load(os.path.join(bundle, m.text_embedding["file"]), mmap_mode="r")
-    ref = _np(model.get_input_embeddings().weight.to(TORCH_DTYPES[m.dtype]).float())
+    ref = text_table(ck, TORCH_DTYPES[m.dtype]).astype(np.float32)
     ids = np.unique(np.linspace(0, ref.shape[0] - 1, 257).astype(int))
     return compare("text_embed (table)", table[ids], ref[ids], m.dtype)
 

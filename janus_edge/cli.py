@@ -32,7 +32,7 @@ def _init_random(a) -> int:
         return 0
     from janus_edge.export.init_random import init_random
 
-    print(init_random(a.preset, a.out, seed=a.seed, force=a.force))
+    print(init_random(a.preset, a.out, seed=a.seed, force=a.force, dtype=a.dtype))
     return 0
 
 
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "gguf), vision/VQ/generation parts tiny and random")
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="weight dtype (default: float32, bfloat16 for pro-7b as published)")
     s.add_argument("--force", action="store_true", help="replace an existing --out")
 
     s = sub.add_parser("export", help="checkpoint -> ONNX bundle")
