@@ -156,6 +156,10 @@ def export_bundle(checkpoint: str, out: str, dtype: str = "float32", force: bool
         raise InputError(f"unsupported --dtype {opts.dtype!r}; choose one of {', '.join(TORCH_DTYPES)}")
     check_target(out, opts.force, InputError)  # before the (slow) checkpoint load
     t0 = time.time()
+    if opts.streaming:
+        from .stream import return_freed_memory
+
+        return_freed_memory()
     ck = (open_checkpoint if opts.streaming else load_checkpoint)(checkpoint, dtype=opts.dtype)
     _log(opts, f"loaded {ck.format} checkpoint {checkpoint} in {time.time() - t0:.1f}s")
     with staged_dir(out, opts.force, InputError) as tmp:

@@ -210,6 +210,9 @@ def _shards(layout: list, max_bytes: int) -> list[list]:
 
 def write_random_weights(config, out_dir: str, dtype: torch.dtype, seed: int, max_shard_bytes: int = 2 * 10**9) -> int:
     """Write model*.safetensors (+ the index when sharded) tensor by tensor; returns the number of parameters."""
+    from .stream import return_freed_memory
+
+    return_freed_memory()
     stream = random_tensors(config, dtype, seed)
     shards = _shards(next(stream), max_shard_bytes)
     names = (["model.safetensors"] if len(shards) == 1 else

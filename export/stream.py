@@ -8,6 +8,7 @@ of a `with` block; `offload_layers` does the same per decoder layer around each 
 """
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -81,6 +82,17 @@ def original_source(files: list[str]) -> tuple[WeightSource, list[str]]:
                 src.add(hf, tuple(meta.shape),
                         lambda n=name, ld=loader, hf=hf: original_to_hf_state_dict({n: ld()})[0][hf])
     return src, unknown
+
+
+def return_freed_memory() -> None:
+    """Make glibc give large freed blocks back to the OS. By default it raises its mmap threshold (up to 32 MB)
+    after each large free, so later tensors come from the heap, where fragmentation keeps freed pieces resident:
+    the streaming init of Pro-7B peaked at 7.4 GB RSS for pieces of under 2.5 GB (Pro-1B's vision layers alone
+    grew it by 0.4 GB). A fixed 1 MB threshold makes every larger tensor its own mapping, unmapped on free."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 # ---- materialising parts of a meta-device model ---------------------------------------------------------------
@@ -168,5 +180,5 @@ def offload_layers(model: nn.Module, layers, source: WeightSource, dtype: torch.
             release(layer)
 
 
-__all__ = ["WeightSource", "hf_source", "original_source", "load_module", "release", "materialized",
+__all__ = ["return_freed_memory", "WeightSource", "hf_source", "original_source", "load_module", "release", "materialized",
            "offload_layers"]

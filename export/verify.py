@@ -21,7 +21,7 @@ from janus_edge.errors import BundleError
 from .checkpoint import open_checkpoint
 from .exporter import TORCH_DTYPES, example_inputs
 from .graphs import build_module
-from .stream import load_module, materialized, offload_layers, release
+from .stream import load_module, materialized, offload_layers, release, return_freed_memory
 
 # (max abs error relative to the reference's max magnitude, min cosine) per bundle float dtype
 TOLERANCE = {"float32": (1e-4, 0.99999), "float16": (2e-2, 0.999)}
@@ -176,6 +176,7 @@ def verify_bundle(bundle: str, checkpoint: str, graphs: tuple[str, ...] = C.GRAP
     dtype = m.dtype
     # The reference is the fp32 model for every bundle dtype: an fp16 bundle is measured against the true
     # model (with fp16 tolerances), and torch's fp16 CPU kernels would make the check slow.
+    return_freed_memory()
     ck = open_checkpoint(checkpoint, dtype="float32")
     report = VerifyReport()
     for name in graphs:
