@@ -170,3 +170,21 @@ def test_background_thread_and_stop(pipe):
     with pytest.raises(Busy, match="shutting down"):
         busy.result(timeout=5)
         raise AssertionError("finished before stop")  # the request is too long to finish in one step
+
+
+def test_triton_repo_cli(cli, one_error_line, tiny_bundle, tmp_path, pipe):
+    """The model repository is written from the manifest (no Triton needed); bad options: one error line, no output."""
+    out = tmp_path / "repo"
+    code, stdout, _ = cli("triton-repo", tiny_bundle, "--out", out, "--rows", 4, "--max-len", 200)
+    assert code == 0 and str(out) in stdout
+    chat = (out / "chat" / "config.pbtxt").read_text()
+    t2i = (out / "t2i" / "config.pbtxt").read_text()
+    assert "decoupled: true" in chat and "decoupled" not in t2i
+    assert f"dims: [ -1, {pipe.dims.num_image_tokens} ]" in t2i
+    assert 'key: "rows" value: { string_value: "4" }' in chat and 'string_value: "200"' in chat
+    assert (out / "chat" / "1" / "model.py").is_file() and (out / "t2i" / "1" / "model.py").is_file()
+    bad = tmp_path / "bad"
+    code, _, err = cli("triton-repo", tiny_bundle, "--out", bad, "--max-len", 10)
+    assert code == 2 and "--max-len" in one_error_line(err) and not bad.exists()
+    code, _, err = cli("triton-repo", tiny_bundle, "--out", out)
+    assert code == 2 and "already exists" in one_error_line(err)
