@@ -84,6 +84,7 @@ class TritonServer:
         self.metrics_port = metrics_port or free_port()
         self.host, self.exit_timeout_s = host, exit_timeout_s
         self.work = tempfile.mkdtemp(prefix="janus-triton-")
+        self._own_log = log_path is None
         self.log_path = log_path or os.path.join(self.work, "tritonserver.log")
         self.proc: subprocess.Popen | None = None
 
@@ -145,6 +146,8 @@ class TritonServer:
             return False
 
     def log_tail(self, n: int = 40) -> str:
+        if getattr(self, "_log_text", None) is not None:  # the log dir was removed after a clean stop
+            return "".join(self._log_text.splitlines(keepends=True)[-n:])
         try:
             with open(self.log_path, errors="replace") as fh:
                 return "".join(fh.readlines()[-n:])
@@ -163,6 +166,9 @@ class TritonServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         shutil.rmtree(os.path.join(self.work, "backends"), ignore_errors=True)
+        if self.proc.returncode == 0 and self._own_log:  # a failed server keeps its log for a look
+            self._log_text = self.log_tail(10_000)
+            shutil.rmtree(self.work, ignore_errors=True)
         return self.proc.returncode
 
     def __enter__(self) -> "TritonServer":
