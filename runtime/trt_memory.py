@@ -64,8 +64,8 @@ def report(path: str, max_images: int = 4, max_prompt_len: int | None = None, ma
     kinds = {
         "t2i n=1": (2, t2i_prompt, t2i_prompt + d.num_image_tokens, 1),
         f"t2i n={lim.max_images}": (lim.max_rows, t2i_prompt, t2i_prompt + d.num_image_tokens, lim.max_images),
-        "chat, 1 image": (1, min(lim.max_prompt_len, d.num_image_tokens + 64),
-                          min(lim.max_prompt_len, d.num_image_tokens + 64) + lim.max_new_tokens, 1),
+        "chat, 1 image": (1, min(lim.max_prompt_len, d.num_image_tokens + 64),  # no VQ decode in chat
+                          min(lim.max_prompt_len, d.num_image_tokens + 64) + lim.max_new_tokens, 0),
     }
     w_total = sum(weights.values())
     requests = {}
