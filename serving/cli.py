@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import tempfile
 import time
@@ -77,5 +78,6 @@ def run_serve(a) -> int:
     except KeyboardInterrupt:
         pass
     rc = srv.stop()
+    shutil.rmtree(os.path.dirname(repo), ignore_errors=True)
     print(f"[serve] stopped ({rc})", flush=True)
     return 0 if rc in (0, None) else 1
