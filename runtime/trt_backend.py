@@ -271,7 +271,9 @@ class TrtBackend(Backend):
     # ---- KV cache ---------------------------------------------------------------------------------------------
     def kv_append(self, cache: list[DeviceBuffer], new: list[DeviceBuffer], pos) -> None:
         """cache[j][:, :, pos:pos+S] = new[j]: the native kernel (one launch for all layers, position from device
-        memory) when the library is built, else one strided 2-D copy per tensor ([rows*kvh] blocks of S*D)."""
+        memory) when the library is built, else one strided 2-D copy per tensor ([rows*kvh] blocks of S*D).
+        `new` may also be host arrays (a graph's `run` outputs, as the serving scheduler's prefill passes): uploaded."""
+        new = [self._on_device(x, cache[0].dtype) for x in new]
         if self.kernels is not None and hasattr(self.kernels, "kv_append"):
             per_row = bool(np.ndim(pos))
             p = np.atleast_1d(np.asarray(pos, np.int64))
@@ -292,6 +294,14 @@ class TrtBackend(Backend):
             return
         for c, nw in zip(cache, new):
             self._kv_copy(c, nw, int(pos))
+
+    def _on_device(self, x, dtype) -> DeviceBuffer:
+        if isinstance(x, DeviceBuffer):
+            return x
+        a = np.ascontiguousarray(x, dtype=dtype)
+        buf = self.alloc(a.shape, a.dtype, zero=False)
+        self.write(buf, a)
+        return buf
 
     def _kv_copy(self, c: DeviceBuffer, nw: DeviceBuffer, pos: int, row: int | None = None) -> None:
         rows, kvh, max_len, d = c.shape
