@@ -7,6 +7,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> str:
     """A tiny random HF-format Janus checkpoint (seed 0), written once per test session."""
+    pytest.importorskip("torch", reason="the export toolchain is not installed (runtime-only venv, e.g. CI's 3.10)")
     from janus_edge.export.init_random import init_random
 
     return init_random("tiny", str(tmp_path_factory.mktemp("ckpt") / "tiny"), seed=0)
