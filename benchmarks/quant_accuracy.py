@@ -28,7 +28,12 @@ VARIANTS = {
     "int8-sq-auto-keep4": ("int8", {"smooth": "auto", "calibrator": "mse", "keep_float": 4}),
     "int8-sq-auto-keep8": ("int8", {"smooth": "auto", "calibrator": "mse", "keep_float": 8}),
     "int8-sq-auto-keep16": ("int8", {"smooth": "auto", "calibrator": "mse", "keep_float": 16}),
+    "int8-sq-auto-minmax": ("int8", {"smooth": "auto", "calibrator": "minmax"}),
+    "int8-sq-auto-minmax-keep8": ("int8", {"smooth": "auto", "calibrator": "minmax", "keep_float": 8}),
+    "int8-sq-auto-minmax-keep16": ("int8", {"smooth": "auto", "calibrator": "minmax", "keep_float": 16}),
+    "int8-sq0.8-keep16": ("int8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": 16}),
     "fp8": ("fp8", {"smooth": "auto", "calibrator": "mse"}),
+    "fp8-minmax": ("fp8", {"smooth": "auto", "calibrator": "minmax"}),
     "fp8-plain": ("fp8", {"smooth": "off", "calibrator": "minmax"}),
 }
 
@@ -45,7 +50,7 @@ def build(src: str, work: str, name: str, mode: str, knobs: dict, graphs: str | 
         return out
     shutil.rmtree(out, ignore_errors=True)
     quantize_bundle(src, out, QuantOptions(mode=mode, graphs=graphs, progress=False, report=False, extra={
-        "calib": {"cache": os.path.join(work, "calib.npz"), "progress": False}, mode: knobs}))
+        "calib": {"cache": os.path.join(work, "calib.npz")}, mode: knobs}))
     return out
 
 

@@ -51,6 +51,11 @@ def open_bundle(bundle_dir: str, threads: int | None = None, config: dict | None
         def options(self):
             so = super().options()
             for k, v in extra.items():
+                try:
+                    if so.get_session_config_entry(k) == v:  # the runtime sets it already
+                        continue
+                except Exception:  # noqa: BLE001  (not set: ORT raises)
+                    pass
                 so.add_session_config_entry(k, v)
             return so
 

