@@ -19,7 +19,9 @@ Random weights make weak evidence (a tiny random LM falls into short token cycle
   scale: their logits stay near 0, below the real tokens' (mean about 5), so the LM never emits a Janus token
   by chance, and no logit ties a real token's exactly.
 - vision (SigLIP), VQ and the generation embedding / aligner / head: the `tiny` preset's shapes, random
-  (seed `seed`), projected to hidden 576; 128 px images, 64 image tokens, 512 codes.
+  (seed `seed`), projected to hidden 576; 128 px images, 64 image tokens, 512 codes. The generation aligner's
+  output is scaled to the word embeddings' std (see _scale_image_embeddings): greedy image tokens then vary
+  (about 40-50% distinct over 64) instead of repeating one code.
 - tokenizer: SmolLM2's byte-level BPE from the GGUF's tokens and merges, with SmolLM2's pre-tokenizer (digits
   split one by one, then GPT-2 byte-level), plus the Janus special tokens; BOS prepended like the Janus tokenizer.
   Chat template, processor and generation settings as the other presets (init_random), EOS text <|im_end|>.
@@ -178,7 +180,21 @@ def build_model(reader, tok, seed: int):
     with torch.no_grad():
         model.model.language_model.load_state_dict(lm, strict=True)
         model.lm_head.weight.copy_(torch.cat([table, head_rows]))  # an explicit, untied copy
+        _scale_image_embeddings(model, float(table.std()))
     return model
+
+
+def _scale_image_embeddings(model, text_std: float) -> None:
+    """Image tokens enter the LM at the scale of words: transformers' init (std 0.02) gives generation_aligner
+    outputs of norm ~0.01 against ~3 for a word embedding, so the LM would hardly see the image tokens, its
+    states would converge and greedy image tokens repeat. Scale the aligner's last layer to the table's std."""
+    aligner = model.model.generation_aligner
+    codes = torch.arange(model.config.vq_config.num_embeddings)
+    std = float(aligner(model.model.generation_embeddings(codes)).std())
+    last = aligner.hidden_layers[-1]
+    last.weight.mul_(text_std / std)
+    if last.bias is not None:
+        last.bias.mul_(text_std / std)
 
 
 def make_processor_for(tok):

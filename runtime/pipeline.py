@@ -161,8 +161,10 @@ class Pipeline:
             if safe > len(emitted):
                 yield text[len(emitted):safe]
                 emitted = text[:safe]
+        # The stream ended: flush what was held back (a stop string's prefix, or an incomplete UTF-8 sequence that
+        # the decoder shows as U+FFFD), so the answer is exactly the decode of the ids, to the last character.
         rest = tok.decode(out, skip_special_tokens=True)
-        if len(rest) > len(emitted) and not rest.endswith("\ufffd"):
+        if len(rest) > len(emitted):
             yield rest[len(emitted):]
 
     def chat(self, question: str, images: Sequence = (), **kw) -> str:

@@ -32,7 +32,8 @@ def check_text(bundle, text, what: str) -> None:
 def t2i_ids(bundle, prompt: str) -> list[int]:
     """BOS + "<|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>"."""
     check_text(bundle, prompt, "prompt")
-    return encode(bundle, bundle.manifest.prompts["t2i"].format(prompt=prompt))
+    # stripped as the published chat template strips a text part (transformers' JanusProcessor builds the same ids)
+    return encode(bundle, bundle.manifest.prompts["t2i"].format(prompt=prompt.strip()))
 
 
 def uncond_ids(ids: list[int], tokens: dict) -> list[int]:
@@ -46,7 +47,9 @@ def chat_ids(bundle, question: str, n_images: int) -> list[int]:
     <begin_of_image> + num_image_tokens x <image_placeholder> + <end_of_image>."""
     check_text(bundle, question, "question")
     p = bundle.manifest.prompts
-    text = p["chat"].format(system=p["system"], images=p["chat_image"] * n_images, question=question).strip()
+    # the published chat template strips a text part at the ends of the turn: both ends without an image before it
+    q = question.rstrip() if n_images else question.strip()
+    text = p["chat"].format(system=p["system"], images=p["chat_image"] * n_images, question=q).strip()
     return expand_images(encode(bundle, text), bundle.tokens, bundle.dims.num_image_tokens, n_images)
 
 

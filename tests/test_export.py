@@ -31,8 +31,9 @@ def test_fp16_bundle_matches_transformers_fp16(tiny_bundle_fp16, tiny_ckpt):
     assert report.ok, report.table()
 
 
-def test_verify_detects_a_wrong_graph(tiny_bundle, tiny_ckpt, tmp_path):
-    """Swap in a gen_head whose weights differ: verify must fail (the check can fail)."""
+def test_verify_detects_a_wrong_graph(tiny_bundle, tiny_ckpt, tmp_path, cli):
+    """Swap in a gen_head whose weights differ (1%; its sha256 updated, so the bundle loads): verify must fail,
+    and `janus-edge verify` exit 1 (0 on the intact bundle: test_verify_cli_prints_a_table)."""
     bad = str(tmp_path / "bad")
     shutil.copytree(tiny_bundle, bad)
     model = onnx.load(os.path.join(bad, "gen_head.onnx"))
@@ -47,6 +48,8 @@ def test_verify_detects_a_wrong_graph(tiny_bundle, tiny_ckpt, tmp_path):
     report = verify_bundle(bad, tiny_ckpt)
     failed = {r.graph.split(" ")[0] for r in report.rows if not r.ok}
     assert "gen_head" in failed and not report.ok
+    code, out, err = cli("verify", bad, "--against", tiny_ckpt)
+    assert code == 1 and "gen_head" in out and "out of tolerance" in err
 
 
 def test_manifest_is_the_contract(tiny_bundle):

@@ -1,4 +1,9 @@
-"""The ORT runtime against transformers' own generate loops on the same tiny checkpoint."""
+"""The ORT runtime against transformers' own generate loops on the same tiny checkpoint.
+
+The tiny LM is random: its greedy image tokens are nearly constant (2-5 distinct codes of 64), so the image-token
+tests here check the CFG plumbing (rows, weights, n) and little else. Parity on diverse references (a trained LM,
+real text, varied image tokens) is tests/test_trained_lm.py.
+"""
 import numpy as np
 import pytest
 import torch
@@ -46,6 +51,17 @@ def test_prompt_ids_match_the_official_template(pipe, tiny_ckpt):
     assert pipe.prompt_ids("a red fox") == tok(text).input_ids
 
 
+@pytest.mark.parametrize("prompt", PROMPTS + ["  a red fox in snow \n"])
+def test_prompt_ids_equal_what_transformers_processor_builds(pipe, tiny_ckpt, prompt):
+    """transformers' recipe for image generation: chat template, then the processor in generation_mode="image"."""
+    from transformers import JanusProcessor
+
+    processor = JanusProcessor.from_pretrained(tiny_ckpt)
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": prompt}]}],
+                                         add_generation_prompt=True)
+    assert pipe.prompt_ids(prompt) == processor(text=text, generation_mode="image")["input_ids"][0].tolist()
+
+
 def test_cfg_1_runs_without_unconditional_rows(pipe, tiny_model):
     ids = pipe.prompt_ids("a red fox in snow")
     ours = pipe.generate_image(input_ids=ids, n=2, cfg_weight=1.0, temperature=0, decode=False).tokens
@@ -73,7 +89,7 @@ def hf_chat_ids(model, processor, question, image, max_new_tokens):
     return inputs["input_ids"][0].tolist(), out[0, inputs["input_ids"].shape[1]:].tolist()
 
 
-@pytest.mark.parametrize("question", ["What is in this picture?", "Describe it."])
+@pytest.mark.parametrize("question", ["What is in this picture?", "Describe it.", "  Describe it. "])
 def test_greedy_chat_equals_transformers(pipe, tiny_model, tiny_ckpt, sample_image, question):
     from transformers import JanusProcessor
 
@@ -83,8 +99,12 @@ def test_greedy_chat_equals_transformers(pipe, tiny_model, tiny_ckpt, sample_ima
     assert ids == ref_prompt  # the same prompt as the published processor builds
     ours = list(pipe.chat_token_ids(question, [sample_image], max_new_tokens=24))
     stops = pipe.stop_ids()
-    cut = next((i + 1 for i, t in enumerate(ref_new) if t in stops), len(ref_new))
-    assert ours == ref_new[:cut]
+    cut = next((i for i, t in enumerate(ref_new) if t in stops), len(ref_new))
+    assert cut >= 24 and len(set(ref_new[:cut])) >= 12  # a reference that runs on, not a stop or a repeated token
+    assert ours == ref_new[:cut + 1]
+    # the answer is transformers' decode of the same ids (the CLI prints it and a newline)
+    assert pipe.chat(question, [sample_image], max_new_tokens=24) == processor.decode(ref_new[:cut],
+                                                                                      skip_special_tokens=True)
 
 
 def test_image_preprocessing_matches_transformers(pipe, tiny_ckpt, sample_image):
@@ -93,7 +113,8 @@ def test_image_preprocessing_matches_transformers(pipe, tiny_ckpt, sample_image)
     ref = JanusImageProcessor.from_pretrained(tiny_ckpt)(sample_image, return_tensors="np")["pixel_values"][0]
     ours = pipe._pixels([sample_image])[0]
     assert ours.shape == ref.shape
-    assert np.abs(ours - ref).max() < 2 / 255 * 2  # PIL vs transformers resize rounding: within ~1 level
+    # normalised with mean = std = 0.5, one grey level is 2/255 here; measured: 1.5e-5 levels
+    assert np.abs(ours - ref).max() <= 2 / 255  # PIL vs transformers resize rounding: within 1 level
 
 
 def test_vq_round_trip_matches_transformers(pipe, tiny_model, sample_image):
