@@ -1,6 +1,7 @@
 """A bundle on disk: its manifest (checked), tokenizer, text-embedding table and lazily opened graphs."""
 from __future__ import annotations
 
+import inspect
 import os
 
 import numpy as np
@@ -41,7 +42,10 @@ class Bundle:
             self._check(C.graph_files(self.manifest, name))
             path = os.path.join(self.path, self.manifest.graphs[name].file)
             try:
-                self._graphs[name] = self.backend.open(path, self.specs[name])
+                cfg = (self.manifest.graphs[name].quantization or {}).get("ort_session_config")
+                takes = "session_config" in inspect.signature(self.backend.open).parameters
+                extra = {"session_config": cfg} if cfg and takes else {}
+                self._graphs[name] = self.backend.open(path, self.specs[name], **extra)
             except Exception as e:  # a graph that passed its sha256 but cannot be opened
                 raise BundleError(f"cannot open graph {name} ({path}): {str(e).splitlines()[0][:300]}") from None
         return self._graphs[name]

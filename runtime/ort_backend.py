@@ -64,17 +64,21 @@ class OrtBackend(Backend):
         # gen_head/gen_embed spinning between calls steal the cores from lm (pro-1b fp32, 2 cores: 304 -> 217 ms
         # per image-token step).
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # INT8 bundles: on x86 without VNNI, ORT's u8s8 kernel sums u8*s8 pairs in int16 and saturates on
-        # full-range int8 weights (11% output error measured, quant/int8.py); this makes it exact (~5% slower).
-        so.add_session_config_entry("session.x64quantprecision", "1")
         # INT4 bundles: the DequantizeLinear(INT4, block) -> MatMul form is fused into MatMulNBits at load; accuracy
         # level 4 (activations int8 per block, int8 dot products) is its fast path here (2048x5632, 2 rows: ~7x the
         # speed of level 0); set explicitly rather than relying on the version's default (4 in 1.32).
         so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "4")
         return so
 
-    def open(self, path: str, spec: GraphSpec) -> Graph:
-        sess = self.ort.InferenceSession(path, self.options(), providers=["CPUExecutionProvider"])
+    def open(self, path: str, spec: GraphSpec, session_config: dict | None = None) -> Graph:
+        so = self.options()
+        # Per graph, from the manifest's `quantization.ort_session_config` (runtime/bundle.py): e.g. INT8 W8A8 graphs ask for `session.x64quantprecision=1` (on x86 without
+        # VNNI, ORT's u8s8 kernel sums u8*s8 pairs in int16 and saturates on full-range int8 weights: 11% output
+        # error measured, quant/int8.py). Not set globally: it makes ORT turn the INT8 weights of blocked
+        # DequantizeLinear into u8 + zero point, which breaks the 8-bit MatMulNBits fusion of int4 bundles.
+        for k, v in (session_config or {}).items():
+            so.add_session_config_entry(k, str(v))
+        sess = self.ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         return OrtGraph(sess, spec)
 
     def alloc(self, shape: Sequence[int], dtype: str, zero: bool = True) -> np.ndarray:

@@ -204,6 +204,17 @@ def test_graphs_override_and_int8_layers(tiny_bundle, tmp_path):
     kinds = {n.name: inits[n.input[0]].data_type for n in dqs}
     assert sum(t == onnx.TensorProto.INT8 for t in kinds.values()) == 2
     assert all(t == onnx.TensorProto.INT8 for k, t in kinds.items() if "down_proj" in k)
+    # with the runtime's own session options, every DQ (INT8 ones too) fuses into MatMulNBits, and the bundle runs
+    from janus_edge import Pipeline
+    from janus_edge.runtime.ort_backend import OrtBackend
+
+    so = OrtBackend().options()
+    so.optimized_model_filepath = str(tmp_path / "opt_lm.onnx")
+    ort.InferenceSession(os.path.join(out, "lm.onnx"), so, providers=["CPUExecutionProvider"])
+    fused = [n for n in onnx.load(so.optimized_model_filepath).graph.node if n.op_type == "MatMulNBits"]
+    bits = sorted(next(a.i for a in n.attribute if a.name == "bits") for n in fused)
+    assert bits == [4] * 12 + [8] * 2
+    assert Pipeline.from_bundle(out).generate_image("a cat", temperature=0).tokens.shape[1] == 64
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -237,3 +248,23 @@ def test_cli_quantize(cli, tiny_bundle, tmp_path):
                          "--out", tmp_path / "q")
     assert code == 0 and out.strip().endswith("q")
     assert "policy: lm=int4" in err and "float: vision" in err  # the policy is printed
+
+
+def test_trained_int4_beats_rtn(request, tmp_path):
+    """On the trained LM (SmolLM2-135M inside Janus, lm graph only, teacher-forced on held-out text): the
+    activation-aware clip search beats round-to-nearest, both through ORT's fused MatMulNBits."""
+    try:
+        bundle = request.getfixturevalue("trained_bundle")
+    except pytest.FixtureLookupError:
+        pytest.skip("no trained_bundle fixture in this checkout")
+    from janus_edge.quant import calib as CB, evaluate as E
+
+    calib = {"calib": {"n_prompts": 2, "image_steps": 4, "n_chats": 1, "chat_tokens": 4, "text_file": CB.CALIB_TEXT_FILE}}
+    fp = E.open_bundle(bundle)
+    ids = E.text_ids(fp, CB.read_text(CB.HELDOUT_FILE), 513)
+    res = {}
+    for method in ("rtn", "awq-clip"):
+        out = _q(bundle, tmp_path / method, mode="int4", method=method, graphs="lm", report=False, extra=calib)
+        res[method] = E.text_accuracy(fp, E.open_bundle(out), ids)
+    assert res["awq-clip"]["ppl_delta_pct"] < res["rtn"]["ppl_delta_pct"] - 5, res
+    assert res["awq-clip"]["top1_agreement"] > 0.6, res
