@@ -32,9 +32,11 @@ VARIANTS = {
     "int8-sq-auto-minmax-keep8": ("int8", {"smooth": "auto", "calibrator": "minmax", "keep_float": 8}),
     "int8-sq-auto-minmax-keep16": ("int8", {"smooth": "auto", "calibrator": "minmax", "keep_float": 16}),
     "int8-sq0.8-keep16": ("int8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": 16}),
-    "fp8": ("fp8", {"smooth": "auto", "calibrator": "mse"}),
+    "fp8": ("fp8", {"smooth": "auto", "calibrator": "mse", "keep_float": 0}),
     "fp8-minmax": ("fp8", {"smooth": "auto", "calibrator": "minmax"}),
-    "fp8-plain": ("fp8", {"smooth": "off", "calibrator": "minmax"}),
+    "fp8-sq0.8": ("fp8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": 0}),
+    "fp8-sq0.8-keep16": ("fp8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": 16}),
+    "fp8-plain": ("fp8", {"smooth": "off", "calibrator": "minmax", "keep_float": 0}),
 }
 
 

@@ -176,7 +176,8 @@ def test_trained_int8_accuracy(trained_bundle, tmp_path):
 
     out = quantize_bundle(trained_bundle, str(tmp_path / "q"), QuantOptions(
         mode="int8", graphs="lm", progress=False, report=False,
-        extra={"calib": {**SMALL_CALIB, "n_prompts": 4, "image_steps": 8, "text_file": CB.CALIB_TEXT_FILE},
+        extra={"calib": {**SMALL_CALIB, "n_prompts": 2, "image_steps": 4, "n_chats": 1, "chat_tokens": 4,
+                         "text_file": CB.CALIB_TEXT_FILE},
                "int8": {"smooth": 0.8, "calibrator": "minmax", "keep_float": 0}}))
     fp, q = E.open_bundle(trained_bundle), E.open_bundle(out)
     r = E.text_accuracy(fp, q, E.text_ids(fp, CB.read_text(CB.HELDOUT_FILE), 257))
