@@ -154,7 +154,10 @@ def instrument(path: str) -> tuple[str, list[str]]:
     src = os.path.dirname(os.path.abspath(path))
     for f in os.listdir(src):
         if f.endswith(".data") or f.startswith(os.path.basename(path) + "."):
-            os.symlink(os.path.join(src, f), os.path.join(d, f))
+            try:  # a hard link: ORT >= 1.32 refuses external data reached through a symlink out of the model dir
+                os.link(os.path.join(src, f), os.path.join(d, f))
+            except OSError:  # another filesystem
+                os.symlink(os.path.join(src, f), os.path.join(d, f))
     out = os.path.join(d, os.path.basename(path))
     onnx.save(model, out)
     return out, acts
