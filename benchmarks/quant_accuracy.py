@@ -19,6 +19,7 @@ import sys
 import time
 
 KINDS = ("q", "k", "v", "o", "gate", "up", "down")
+SWEEP_KNOBS = {"smooth": "auto", "calibrator": "mse"}
 VARIANTS = {
     # name: (mode, knobs for opts.extra[mode])
     "int8-absmax": ("int8", {"smooth": "off", "calibrator": "minmax"}),  # TensorRT-style plain static A8
@@ -32,6 +33,7 @@ VARIANTS = {
     "int8-sq-auto-minmax-keep8": ("int8", {"smooth": "auto", "calibrator": "minmax", "keep_float": 8}),
     "int8-sq-auto-minmax-keep16": ("int8", {"smooth": "auto", "calibrator": "minmax", "keep_float": 16}),
     "int8-sq0.8-keep16": ("int8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": 16}),
+    "int8-sq0.8-keepdown": ("int8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": ["down"]}),
     "fp8": ("fp8", {"smooth": "auto", "calibrator": "mse", "keep_float": 0}),
     "fp8-minmax": ("fp8", {"smooth": "auto", "calibrator": "minmax"}),
     "fp8-sq0.8": ("fp8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": 0}),
@@ -121,10 +123,10 @@ def main(argv=None) -> int:
             if kind in state["sweep"]:
                 continue
             if kind == "lm_head":
-                q = build(a.bundle, a.work, "sweep-lm_head", "int8", {"smooth": "auto", "calibrator": "mse"}, "lm_head")
+                q = build(a.bundle, a.work, "sweep-lm_head", "int8", {**SWEEP_KNOBS, "keep_float": 0}, "lm_head")
             else:
                 q = build(a.bundle, a.work, f"sweep-{kind}", "int8", {
-                    "smooth": "auto", "calibrator": "mse", "keep_float": [x for x in KINDS if x != kind]}, "lm")
+                    **SWEEP_KNOBS, "keep_float": [x for x in KINDS if x != kind]}, "lm")
             state["sweep"][kind] = text_eval(fp, q, held)
             log(f"sweep {kind}: {state['sweep'][kind]}")
             shutil.rmtree(q, ignore_errors=True)
@@ -156,11 +158,12 @@ def markdown(s: dict) -> str:
 
     L = ["# int8 / fp8 accuracy on the trained-LM test model (SmolLM2-135M-Instruct inside Janus)", "",
          "Teacher-forced on quant/data/heldout_en.txt against the fp32 bundle (lm + lm_head + gen_head quantized).",
-         "", "| variant | mode | knobs | perplexity fp -> q | delta | top-1 agreement | quantize s |",
-         "|---|---|---|---|---|---|---|"]
+         s.get("note", ""),
+         "", "| variant | mode | knobs | tokens | perplexity fp -> q | delta | top-1 agreement | quantize s |",
+         "|---|---|---|---|---|---|---|---|"]
     for name, v in s.get("variants", {}).items():
         r = v["heldout"]
-        L.append(f"| {name} | {v['mode']} | `{json.dumps(v['knobs'])}` | {r['ppl_fp']:.3f} -> {r['ppl_q']:.3f} | "
+        L.append(f"| {name} | {v['mode']} | `{json.dumps(v['knobs'])}` | {r['tokens']} | {r['ppl_fp']:.3f} -> {r['ppl_q']:.3f} | "
                  f"{r['ppl_delta_pct']:+.2f}% | {100 * r['top1_agreement']:.2f}% | {r.get('quantize_s', '')} |")
     if s.get("select"):
         L += ["", "Kept-float MatMuls chosen on the calibration text (quant/data/calib_text.txt), int8 sq-auto:", "",
@@ -168,7 +171,8 @@ def markdown(s: dict) -> str:
         L += [f"| {k} | {r['ppl_delta_pct']:+.2f}% | {100 * r['top1_agreement']:.2f}% |" for k, r in s["select"].items()]
     if s.get("sweep"):
         L += ["", "Sensitivity, measured: one MatMul kind in int8 (all 30 layers), everything else fp32 "
-                  "(held-out text):", "", "| int8 kind | perplexity delta | top-1 agreement |", "|---|---|---|"]
+                  f"(held-out text; knobs {json.dumps(s.get('sweep_knobs', SWEEP_KNOBS))}):", "",
+              "| int8 kind | perplexity delta | top-1 agreement |", "|---|---|---|"]
         L += [f"| {k} | {r['ppl_delta_pct']:+.2f}% | {100 * r['top1_agreement']:.2f}% |" for k, r in s["sweep"].items()]
     c = s.get("calibration")
     if c:
