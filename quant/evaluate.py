@@ -10,8 +10,8 @@
 - `chat_accuracy`: greedy chat with one image (procedural, other seeds than calibration): token agreement.
 - `graph_accuracy`: per graph, output cosine and max abs error on held-out real inputs (feeds captured while the fp
   bundle runs a held-out prompt and chat), each graph of both bundles run on the same feeds.
-Sessions come from the runtime's ORT backend plus the session config the quantized graphs ask for in the manifest
-(`ort_session_config`, see int8.py).
+Sessions come from the runtime's ORT backend, which applies the session config each quantized graph asks for in the
+manifest (`ort_session_config`, see int8.py).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def open_bundle(bundle_dir: str, threads: int | None = None, config: dict | None
     from janus_edge.runtime.bundle import Bundle
     from janus_edge.runtime.ort_backend import OrtBackend
 
-    extra = session_config(bundle_dir) if config is None else config
+    extra = config or {}  # the runtime applies each graph's manifest `ort_session_config` itself
 
     class EvalBackend(OrtBackend):
         def options(self):
