@@ -87,6 +87,11 @@ class Store:
         if not is_external(t):
             return t.raw_data
         info = _ext_info(t)
+        if t.name in self._ours:  # already written by us: read it back from the destination data file
+            self._fh.flush()
+            with open(os.path.join(os.path.dirname(self.dst_path), self.data_name), "rb") as fh:
+                fh.seek(int(info["offset"]))
+                return fh.read(int(info["length"]))
         off = int(info.get("offset", 0))
         length = int(info.get("length", tensor_nbytes(t)))
         return memoryview(self._map(info["location"])[off:off + length])
