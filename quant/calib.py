@@ -18,6 +18,7 @@ gradients, `make_images`, seeded). The held-out evaluation text (heldout_en.txt)
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -249,7 +250,10 @@ def recording_backend(collector: Collector, graphs=CALIB_GRAPHS, threads: int | 
             if spec.name not in graphs:
                 return g
             ipath, extra = instrument(path)
-            inst = self.ort.InferenceSession(ipath, self.options(), providers=["CPUExecutionProvider"])
+            try:  # the session holds what it needs once created: the temp copy (links, graph) goes at once
+                inst = self.ort.InferenceSession(ipath, self.options(), providers=["CPUExecutionProvider"])
+            finally:
+                shutil.rmtree(os.path.dirname(ipath), ignore_errors=True)
             return RecordingGraph(g.session, spec, inst, extra, _graph_inputs_as_acts(path))
 
     return RecordingBackend(threads=threads)
