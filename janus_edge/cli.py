@@ -224,12 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=0.0)
     runtime_opts(s)
 
-    s = sub.add_parser("bench", help="latency benchmark (t2i or chat), optionally against transformers")
-    s.add_argument("bundle", nargs="+", help="one or more bundles, measured in one run")
     from janus_edge.serving.cli import add_serving_parsers  # argparse only
 
     add_serving_parsers(sub)
 
+    s = sub.add_parser("bench", help="latency benchmark (t2i or chat), optionally against transformers")
+    s.add_argument("bundle", nargs="+", help="one or more bundles, measured in one run")
     s.add_argument("--task", default="t2i", choices=["t2i", "chat", "serving"],
                    help="serving: images/min and latency at 1, 2, 4 concurrent requests through tritonserver")
     s.add_argument("--json", required=True, help="results file")
