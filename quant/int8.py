@@ -1,6 +1,7 @@
 """INT8 W8A8 in the static QDQ form (and the shared machinery of fp8.py).
 
-Graph form, per weight MatMul (and Gemm, whose B [N, K] with transB gets its scales on axis 0):
+Graph form, per weight MatMul (a weight Gemm is first rewritten into MatMul(A, B^T as [K, N]) + Add(float bias):
+one form that TensorRT parses and ORT fuses, see gemms_to_matmul):
 
     x -> [Mul(1/s) where smoothing cannot fold] -> QuantizeLinear(scale_x, zp 0 int8) -> DequantizeLinear -> MatMul A
     W' = diag(s) W  (int8 [K, N] constant) -> DequantizeLinear(axis 1 = the N output channels, scales [N], zp 0) -> B
@@ -44,6 +45,10 @@ import numpy as np
 from . import graphio
 
 ORT_SESSION_CONFIG = {"session.x64quantprecision": "1"}
+# Graphs with a rewritten Gemm (MatMul + float bias Add): ORT's MatMulAddFusion would turn the QDQ MatMul + Add back
+# into a float Gemm on dequantized weights before its QDQ fusion sees it (measured, onnxruntime 1.32); with it off the
+# MatMul becomes MatMulIntegerToFloat and the Add stays float (or fuses into BiasGelu).
+ORT_NO_MATMUL_ADD = {"optimization.disable_specified_optimizers": "MatMulAddFusion"}
 ALPHAS = (None, 0.5, 0.6, 0.7, 0.8, 0.9)  # None: no smoothing
 CLIPS = (1.0, 0.8, 0.65, 0.5, 0.35)
 _KIND = re.compile(r"/(?:mlp/)?(q|k|v|o|gate|up|down)_proj(?:_(\d+))?/MatMul$")
@@ -137,6 +142,52 @@ def weight_groups(model) -> dict[str, list]:
         if ok and n.input[1] in inits and len(inits[n.input[1]].dims) == 2 and uses[n.input[1]] == 1:
             groups.setdefault(n.input[0], []).append((n, inits[n.input[1]]))
     return groups
+
+
+def gemms_to_matmul(model) -> int:
+    """Rewrite each weight Gemm (constant 2-D B used once, transA 0, constant or no bias C) into MatMul(A, B') [+ Add
+    (C)] with B' = alpha * (B^T if transB else B) as a [K, N] initializer and C' = beta * C, before the Q/DQ insertion.
+    The weight then takes the MatMul path (per-channel axis 1, ORT's MatMulIntegerToFloat, TensorRT-parseable) and the
+    bias stays float in the Add: one graph form for TensorRT and ORT (an INT32 bias DequantizeLinear, ORT's QGemm
+    form, is not TensorRT-parseable). The MatMul keeps the Gemm's node name (keep_float names, sensitivity tables);
+    its output keeps the Gemm's output name when there is no bias, else the Add's does. B' is held inline until the
+    quantized copy replaces it (or save() streams it): the source weight is read once, nothing dead is written.
+    Returns the number of Gemms rewritten."""
+    from onnx import helper, numpy_helper
+
+    inits = graphio.initializers(model)
+    uses: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    done = 0
+    for n in list(model.graph.node):
+        if n.op_type != "Gemm" or _attr(n, "transA", 0) != 0 or n.input[1] not in inits:
+            continue
+        bt = inits[n.input[1]]
+        c = n.input[2] if len(n.input) > 2 and n.input[2] else None
+        alpha, beta = float(_attr(n, "alpha", 1.0)), float(_attr(n, "beta", 1.0))
+        if len(bt.dims) != 2 or uses[bt.name] != 1 or (c is not None and beta != 1.0 and
+                                                       (c not in inits or uses[c] != 1)):
+            continue  # shared / non-constant operands: left a Gemm (weight_groups then leaves it float or as is)
+        w = graphio.array(bt)
+        w = w.T if _attr(n, "transB", 0) else w
+        if alpha != 1.0:
+            w = w.astype(np.float32) * alpha
+        model.graph.initializer.remove(bt)
+        model.graph.initializer.append(numpy_helper.from_array(
+            np.ascontiguousarray(w.astype(graphio.np_dtype(bt.data_type))), bt.name))
+        if c is not None and beta != 1.0:
+            _replace_init(model, inits[c], graphio.array(inits[c]).astype(np.float32) * beta)
+        y = n.output[0]
+        mm_out = y if c is None else y + "_matmul"
+        nodes = [helper.make_node("MatMul", [n.input[0], bt.name], [mm_out], name=n.name)]
+        if c is not None:
+            nodes.append(helper.make_node("Add", [mm_out, c], [y], name=n.name + "_bias"))
+        _insert_before(model, n, nodes)
+        model.graph.node.remove(n)
+        done += 1
+    return done
 
 
 def _attr(node, name: str, default):
@@ -405,27 +456,7 @@ def apply_plans(model, plans: list[GroupPlan], keep: set[str], scheme: Scheme, a
             dq = helper.make_node("DequantizeLinear", [base + "_q", sc.name, zp], [base + "_dq"], name=base + "_DQ")
             n.input[0] = base + "_dq"
             _insert_before(model, n, [qn, dq])
-            if scheme.name == "int8" and n.op_type == "Gemm" and len(n.input) > 2 and n.input[2] in inits:
-                _int32_bias(model, n, inits[n.input[2]], p.scale)
     return counts
-
-
-def _int32_bias(model, node, t, act_scale: float) -> None:
-    """Gemm bias as int32 with scale act_scale * weight_scale (per channel) behind a DequantizeLinear: the QDQ Gemm
-    form ORT fuses into QGemm (with a float bias it leaves the Gemm in fp32; measured)."""
-    from onnx import helper
-
-    wscale = graphio.array(graphio.initializers(model)[node.input[1].removesuffix("_dq") + "_scale"])
-    bs = (wscale.astype(np.float64) * act_scale).astype(np.float32)
-    bias = graphio.array(t).astype(np.float64)
-    q = np.clip(np.rint(bias / bs), -2**31 + 1, 2**31 - 1).astype(np.int32)
-    base = t.name + "_i32"
-    qt = _const(model, base, q)
-    st = _const(model, base + "_scale", bs)
-    zt = _const(model, base + "_zp", np.zeros(len(bs), np.int32))
-    dq = helper.make_node("DequantizeLinear", [qt.name, st.name, zt.name], [base + "_dq"], name=base + "_DQ", axis=0)
-    _insert_before(model, node, [dq])
-    node.input[2] = base + "_dq"
 
 
 def _const_zero(model, name: str, qtype: int, shape: list) -> str:
@@ -442,6 +473,7 @@ def quantize_qdq(model, graph: str, calib, opts, scheme: Scheme, act_qmax: float
     cfg = config_from(opts, mode)
     if calib is None:
         raise ValueError(f"{mode} needs calibration statistics (activation scales)")
+    gemms = gemms_to_matmul(model)
     groups = weight_groups(model)
     rng = np.random.default_rng(0)
     plans, missing = [], []
@@ -468,7 +500,7 @@ def quantize_qdq(model, graph: str, calib, opts, scheme: Scheme, act_qmax: float
                       "folded": {k: sum(1 for p in plans if p.s is not None and p.fold[0] == k)
                                  for k in ("norm", "cols", "mul")}},
         "weight_qmax": scheme.qmax, "matmuls_quantized": counts["quantized"], "matmuls_float": counts["float"],
-        "kept_float": sorted(keep), "no_calibration_stats": missing,
+        "gemms_as_matmul_add": gemms, "kept_float": sorted(keep), "no_calibration_stats": missing,
         "sensitivity": [{"node": n, "rel_sq_error": round(e, 6)} for e, n in table[:12]],
         "seconds": round(time.time() - t0, 1),
     }
@@ -479,5 +511,7 @@ def quantize_int8(model, graph: str, calib, opts) -> tuple[object, dict]:
     cfg = config_from(opts, "int8")
     model, q = quantize_qdq(model, graph, calib, opts, int8_scheme(cfg.weight_qmax), 127.0, "int8")
     q["ort_session_config"] = dict(ORT_SESSION_CONFIG) if cfg.weight_qmax > 64 else {}
+    if q["gemms_as_matmul_add"]:
+        q["ort_session_config"].update(ORT_NO_MATMUL_ADD)
     q["fused_on_ort_cpu"] = "MatMulIntegerToFloat"
     return model, q

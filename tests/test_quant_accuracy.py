@@ -27,12 +27,12 @@ class Opts:
         self.extra = extra
 
 
-def optimized_ops(path_or_model, tmp_path, name="opt.onnx") -> collections.Counter:
+def optimized_ops(path_or_model, tmp_path, name="opt.onnx", config=None) -> collections.Counter:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.optimized_model_filepath = str(tmp_path / name)
     so.log_severity_level = 3
-    for k, v in ORT_SESSION_CONFIG.items():
+    for k, v in (ORT_SESSION_CONFIG if config is None else config).items():
         so.add_session_config_entry(k, v)
     src = path_or_model if isinstance(path_or_model, str) else path_or_model.SerializeToString()
     ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
@@ -102,6 +102,27 @@ def test_int8_weight_axis_and_fusion(tmp_path):
     assert ops["MatMulIntegerToFloat"] == 1 and ops["MatMul"] == 0, ops
 
 
+def test_int8_gemm_becomes_matmul_plus_float_bias(tmp_path):
+    """A Linear exported as Gemm(transB=1) with a bias (gen_head): MatMul on B^T [K, N] with int8 weights per output
+    channel + the bias added in float, graph I/O unchanged: TensorRT parses it (no INT32 DequantizeLinear) and ORT,
+    with the graph's recorded session config, runs MatMulIntegerToFloat. alpha / beta fold into B' / C'."""
+    model, x, w, cd = _one_matmul(outlier=1.0)
+    b = np.random.default_rng(3).standard_normal(w.shape[1]).astype(np.float32) * 5
+    wt = numpy_helper.from_array(np.ascontiguousarray(w.T), "W")
+    gemm = helper.make_node("Gemm", ["x", "W", "B"], ["y"], name="/mm/Gemm", transB=1, alpha=0.5, beta=2.0)
+    g = helper.make_graph([gemm], "g", list(model.graph.input), list(model.graph.output),
+                          [wt, numpy_helper.from_array(b, "B")])
+    gm = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    q, info = quantize_int8(gm, "g", cd, Opts(int8={"smooth": "off", "calibrator": "minmax", "keep_float": 0}))
+    assert info["gemms_as_matmul_add"] == 1 and info["matmuls_quantized"] == 1
+    assert [n.op_type for n in q.graph.node][-2:] == ["MatMul", "Add"] and q.graph.output[0].name == "y"
+    assert all(t.data_type != TensorProto.INT32 for t in q.graph.initializer)
+    ref = 0.5 * x @ w + 2.0 * b
+    assert _rel_ch(_run(q, x), ref) < 0.03
+    ops = optimized_ops(q, tmp_path, config=info["ort_session_config"])
+    assert ops["MatMulIntegerToFloat"] == 1 and ops["Gemm"] == ops["MatMul"] == 0, ops
+
+
 def test_smoothing_helps_outlier_channel():
     model, x, w, cd = _one_matmul(seed=1)
     plain, _ = quantize_int8(model, "g", cd, Opts(int8={"smooth": "off", "calibrator": "minmax", "keep_float": 0}))
@@ -154,9 +175,16 @@ def test_int8_bundle_graphs_and_report(tiny_int8, tiny_bundle, tmp_path):
     n_weights = sum(1 for n in onnx.load(os.path.join(tiny_bundle, "lm.onnx")).graph.node
                     if n.op_type == "MatMul" and "proj" in n.name)
     assert ops["MatMulIntegerToFloat"] == n_weights, ops
-    assert optimized_ops(os.path.join(tiny_int8, "gen_head.onnx"), tmp_path, "gh.onnx")["QGemm"] == 2
     with open(os.path.join(tiny_int8, "manifest.json")) as fh:
         man = json.load(fh)
+    # gen_head's two Linear layers: MatMul (int8 weight) + float bias Add, no INT32 DequantizeLinear (TensorRT form);
+    # with the graph's own session config ORT runs them as MatMulIntegerToFloat, not a float Gemm on DQ weights
+    gh = onnx.load(os.path.join(tiny_int8, "gen_head.onnx"))
+    assert not any(n.op_type == "Gemm" for n in gh.graph.node)
+    assert all(t.data_type != TensorProto.INT32 for t in gh.graph.initializer)
+    gh_cfg = man["graphs"]["gen_head"]["quantization"]["ort_session_config"]
+    gh_ops = optimized_ops(os.path.join(tiny_int8, "gen_head.onnx"), tmp_path, "gh.onnx", gh_cfg)
+    assert gh_ops["MatMulIntegerToFloat"] == 2 and gh_ops["Gemm"] == gh_ops["MatMul"] == 0, gh_ops
     assert man["graphs"]["lm"]["quantization"]["ort_session_config"] == ORT_SESSION_CONFIG
     with open(os.path.join(tiny_int8, "quant_report.json")) as fh:
         rep = json.load(fh)

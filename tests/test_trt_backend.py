@@ -191,15 +191,8 @@ def engines(request, tmp_path_factory):
     if request.param in QUANT_KINDS:
         bundle = _quantized(bundle, request.param, str(tmp_path_factory.mktemp("q") / request.param))
     out = str(tmp_path_factory.mktemp("eng") / request.param)
-    from janus_edge.errors import InputError
-
-    try:
-        return bundle, build_engines(bundle, out, BuildOptions(max_images=2, max_prompt_len=128, max_new_tokens=16,
-                                                               progress=False))
-    except InputError as e:  # e.g. the int8 bundle's INT32 bias DQ (test_trt_lint's xfail): known, not a build bug
-        if "fails lint-trt" not in str(e):
-            raise
-        pytest.xfail(str(e))
+    return bundle, build_engines(bundle, out, BuildOptions(max_images=2, max_prompt_len=128, max_new_tokens=16,
+                                                           progress=False))
 
 
 @pytest.mark.gpu

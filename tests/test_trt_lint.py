@@ -170,11 +170,7 @@ def test_ort_only_variants_are_skipped(bad_bundle, cli):
 
 # ---- every quantized bundle kind (the quantization issue's bundles, made small here) -------------------------------
 SMALL_CALIB = {"n_prompts": 2, "image_steps": 4, "n_chats": 1, "chat_tokens": 2, "text_file": None}
-QUANT_KINDS = [
-    pytest.param("int8", marks=pytest.mark.xfail(strict=True, reason=(
-        "quant/int8.py puts Gemm biases behind an INT32 DequantizeLinear (ORT's QGemm form); TensorRT 10.3 "
-        "dequantizes INT8/FP8/INT4 only: reported to the quantization issue"))),
-    "int4", "fp8"]
+QUANT_KINDS = ["int8", "int4", "fp8"]  # int8: Gemm biases stay float (MatMul + Add), no INT32 DequantizeLinear
 
 
 @pytest.mark.parametrize("mode", QUANT_KINDS)
