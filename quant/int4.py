@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 from . import graphio
+from .int8 import gemms_to_matmul
 
 OPSET = 21
 CLIP_GRID = tuple(np.round(np.linspace(1.0, 0.55, 10), 3))
@@ -144,38 +145,6 @@ def pack_int4(q: np.ndarray) -> bytes:
 
 
 # ---- the graph rewrite ---------------------------------------------------------------------------------------
-def gemm_to_matmul(model) -> int:
-    """Gemm(x, W^T, b) with a constant W (alpha = beta = 1, transA = 0) -> MatMul(x, W') + b: the form the
-    weight quantizers take. Returns how many were rewritten."""
-    from onnx import helper, numpy_helper
-
-    inits = graphio.initializers(model)
-    nodes, count = [], 0
-    for n in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        ok = (n.op_type == "Gemm" and len(n.input) >= 2 and n.input[1] in inits and attrs.get("alpha", 1.0) == 1.0
-              and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0))
-        if not ok:
-            nodes.append(n)
-            continue
-        t = inits[n.input[1]]
-        w = graphio.array(t)
-        if attrs.get("transB", 0):
-            w = np.ascontiguousarray(w.T)
-        new = numpy_helper.from_array(w, t.name + "_kn")  # inline until save (read again right after)
-        model.graph.initializer.remove(t)
-        model.graph.initializer.append(new)
-        inits[new.name] = new
-        mm_out = n.output[0] + "_mm" if len(n.input) > 2 and n.input[2] else n.output[0]
-        nodes.append(helper.make_node("MatMul", [n.input[0], new.name], [mm_out], name=n.name + "_MatMul"))
-        if mm_out != n.output[0]:
-            nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=n.name + "_Add"))
-        count += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return count
-
-
 def to_opset21(model):
     """Convert the default-domain opset to 21 (ReduceMean/ReduceSum axes become inputs, ...)."""
     from onnx import version_converter
@@ -238,7 +207,7 @@ def quantize_int4(model, graph: str, calib, opts) -> tuple[object, dict]:
     method = opts.method or ("awq-clip" if calib is not None else "clip")
     if method not in INT4_METHODS:
         raise ValueError(f"unknown int4 method {method!r}")
-    gemm_to_matmul(model)
+    gemms_to_matmul(model)  # the one Gemm -> MatMul (+ float bias Add) rewrite, shared with int8/fp8
     model = to_opset21(model)
     int8_kinds = set(getattr(opts, "int8_layers", ()) or ())
     kept, counts, blocks = [], {"int4": 0, "int8": 0}, set()
