@@ -35,6 +35,11 @@ def _t2i_inputs(mod, prompt: str, n: int, cfg: float, temperature: float, top_k,
         vals.append(("TOP_P", np.array([top_p], np.float32), "FP32"))
     if seed is not None:
         vals.append(("SEED", np.array([seed], np.int64), "INT64"))
+    return _infer_inputs(mod, vals)
+
+
+def _infer_inputs(mod, vals: list) -> list:
+    """(name, array, Triton dtype) triples -> `mod.InferInput`s (mod: tritonclient.http or tritonclient.grpc)."""
     out = []
     for name, a, dt in vals:
         t = mod.InferInput(name, list(a.shape), dt)
@@ -81,12 +86,7 @@ def _chat_inputs(grpc, question: str, images: Sequence[bytes], max_new_tokens: i
                                ("SEED", seed, "INT64", np.int64)):
         if v is not None:
             vals.append((name, np.array([v], np_dt), dt))
-    out = []
-    for name, a, dt in vals:
-        t = grpc.InferInput(name, list(a.shape), dt)
-        t.set_data_from_numpy(a)
-        out.append(t)
-    return out
+    return _infer_inputs(grpc, vals)
 
 
 def chat_stream(url: str, question: str, images: Sequence[bytes] = (), max_new_tokens: int = 256,

@@ -92,5 +92,5 @@ class Engine:
                  active_rows=self.sched.active_rows(), queued=len(self.sched._queue))
         return s
 
-    def close(self) -> None:
-        self.sched.stop()
+    def close(self, timeout: float = 30.0) -> None:
+        self.sched.stop(timeout)

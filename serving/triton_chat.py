@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -95,9 +96,12 @@ class TritonPythonModel:
         sender.send(flags=FINAL)
 
     def finalize(self):
-        self.engine.close()  # requests still running end with "server is shutting down"
+        # One deadline for the whole shutdown, well inside the server's exit timeout (a join of 10 s per request
+        # thread added up past it with a few requests in flight).
+        deadline = time.monotonic() + 10.0
+        self.engine.close(timeout=5.0)  # requests still running end with "server is shutting down"
         for t in list(self._threads):
-            t.join(10)
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 def _inputs(request) -> dict:

@@ -151,9 +151,8 @@ def _long_question(pipe, max_new: int) -> str:
     pytest.skip("every candidate question stops early on the tiny model")
 
 
-def test_client_disconnect_mid_stream_frees_its_rows(server, pipe):
-    max_new = MAX_LEN - len(pipe.chat_inputs("tell me a long story")[0]) - 8
-    q = _long_question(pipe, max_new)
+def _disconnect_once(server, q: str, max_new: int) -> tuple[dict, dict]:
+    """Open a chat stream, read two pieces, close it; -> (stats before, stats once its rows are free)."""
     before = client.stats(server.grpc_url)
     stream = client.chat_stream(server.grpc_url, q, max_new_tokens=max_new, temperature=0.0, timeout_s=60)
     got = [next(stream), next(stream)]
@@ -162,9 +161,22 @@ def test_client_disconnect_mid_stream_frees_its_rows(server, pipe):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         s = client.stats(server.grpc_url)
-        if s["cancelled"] > before["cancelled"] and s["active_rows"] == 0:
+        if s["active_rows"] == 0 and (s["cancelled"] > before["cancelled"] or s["done"] > before["done"]):
             break
         time.sleep(0.2)
+    return before, s
+
+
+def test_client_disconnect_mid_stream_frees_its_rows(server, pipe):
+    max_new = MAX_LEN - len(pipe.chat_inputs("tell me a long story")[0]) - 8
+    q = _long_question(pipe, max_new)
+    # The tiny model writes its whole answer in well under a second: on a loaded machine the server can finish
+    # before the client's close reaches it (a race, not a fault). So up to 3 tries; one must show the cancellation
+    # (with cancellation broken, every try runs to its end and the test fails).
+    for _ in range(3):
+        before, s = _disconnect_once(server, q, max_new)
+        if s["done"] == before["done"]:
+            break
     assert s["cancelled"] == before["cancelled"] + 1 and s["active_rows"] == 0, s
     assert s["done"] == before["done"]  # the chat did not run to its end
     assert s["step_calls"] - before["step_calls"] < max_new - 1
