@@ -7,6 +7,7 @@ seconds, where `dynamo=True` failed on the cache arguments' dynamic shapes and i
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import sys
@@ -39,6 +40,9 @@ class ExportOptions:
     external_data_threshold: int = 1 << 30  # graphs with more weight bytes than this keep them in NAME.onnx.data
     progress: bool = True
     streaming: bool = True  # read weights per graph / per tensor (stream_export.py); False: the whole model in memory
+    # fp16 bundles: graphs traced in fp32 and converted to fp16 afterwards (export/fp16.py; torch's fp16 conv2d on
+    # the CPU takes minutes per layer)
+    fp16_via_fp32: tuple[str, ...] = ("vq_encoder", "vq_decoder")
 
 
 def model_dims(ck: LoadedCheckpoint) -> C.ModelDims:
@@ -104,10 +108,19 @@ def export_graph(name: str, ck: LoadedCheckpoint, spec: C.GraphSpec, dims: C.Mod
                 release(module)
             weights_to_initializers(raw, path, keys, ck.weights, external)
             return ([f"{os.path.basename(path)}.data"] if external else []), stamp_io(path, spec)
+        via32 = opts.dtype == "float16" and name in opts.fp16_via_fp32 and not external
+        if via32:
+            args = example_inputs(spec, dims, torch.float32)
         with contextlib.ExitStack() as stack:
             if ck.weights is not None:
-                stack.enter_context(materialized(ck.model, module, ck.weights, tdtype))
-            _trace(module, args, raw if external else path, kwargs)
+                stack.enter_context(materialized(ck.model, module, ck.weights, torch.float32 if via32 else tdtype))
+            elif via32:
+                module = copy.deepcopy(module).float()
+            _trace(module, args, raw if external or via32 else path, kwargs)
+        if via32:
+            from .fp16 import convert_file
+
+            convert_file(raw, path)
         if not external:
             return [], stamp_io(path, spec)
         # The tracer writes one file per large tensor (graphs over 2 GB); gather them into a single NAME.onnx.data.

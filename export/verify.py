@@ -4,9 +4,8 @@ whole-model check (prefill + decode steps through `lm` + `gen_head` against tran
 The reference is always the fp32 model; an fp16 bundle gets the same (fp16-rounded) inputs and fp16 tolerances.
 Memory: the checkpoint is opened lazily (model on the meta device, `stream.py`); each graph's reference modules get
 their fp32 weights only while that graph is checked, the reference language model one decoder layer at a time, and
-each ONNX Runtime session is dropped before the next graph. fp16 graphs run without ORT's graph optimizations:
-its CPU provider would otherwise fold fp32 copies of every fp16 weight (twice the memory: Pro-7B's lm, 12 GB in
-fp16, would take 24 GB more)."""
+each ONNX Runtime session is dropped (and the heap trimmed) before the next graph. fp16 graphs run with session
+options that keep ORT's fp32 copies of fp16 weights to one at a time (`session_options`)."""
 from __future__ import annotations
 
 import os
@@ -73,13 +72,29 @@ def compare(name: str, got: np.ndarray, ref: np.ndarray, dtype: str) -> Row:
     return Row(name, err, cos, ok)
 
 
+def session_options(precision: str):
+    """ORT session options for checking a graph of this precision on the CPU. fp16: ORT's CPU provider has no fp16
+    MatMul, so it casts each fp16 weight to an fp32 copy before use. With graph optimizations on it folds those
+    casts (fp32 copies of every weight kept: 24 GB more for Pro-7B's 12 GB fp16 lm); off, its default order runs
+    every weight's Cast first (the casts need no input), so all the copies are alive at once anyway, and its
+    arena keeps them across calls (5x the weights measured on a 16-MatMul graph). Priority-based order runs each
+    Cast just before its MatMul, and without the arena its copy is freed after it: the weights plus one copy
+    (tests/test_export_stream.py measures it)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if precision == "float16":
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        so.enable_cpu_mem_arena = False
+    return so
+
+
 def _session(bundle: str, m: C.Manifest, graph: str):
     import onnxruntime as ort
 
     C.check_files(bundle, m, C.graph_files(m, graph))
-    so = ort.SessionOptions()
-    if m.graphs[graph].precision == "float16":
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so = session_options(m.graphs[graph].precision)
     return ort.InferenceSession(os.path.join(bundle, m.graphs[graph].file), so, providers=["CPUExecutionProvider"])
 
 
@@ -179,13 +194,26 @@ def verify_bundle(bundle: str, checkpoint: str, graphs: tuple[str, ...] = C.GRAP
     return_freed_memory()
     ck = open_checkpoint(checkpoint, dtype="float32")
     report = VerifyReport()
-    for name in graphs:
+    for name in graphs:  # one graph (its ORT session, its reference weights) in memory at a time
         if name == "lm":
             report.rows += check_lm_and_loop(bundle, m, ck, dtype)
         else:
             report.rows.append(check_simple_graph(bundle, m, ck, name, dtype))
+        _trim()
     report.rows.append(check_text_table(bundle, m, ck))
     return report
+
+
+def _trim() -> None:
+    """Free what the last graph left (cycles holding tensors or a session) and hand the heap's free pages back."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def check_text_table(bundle, m, ck) -> Row:
@@ -193,9 +221,9 @@ def check_text_table(bundle, m, ck) -> Row:
 
     C.check_files(bundle, m, [m.text_embedding["file"]])
     table = np.load(os.path.join(bundle, m.text_embedding["file"]), mmap_mode="r")
-    ref = text_table(ck, TORCH_DTYPES[m.dtype]).astype(np.float32)
+    ref = text_table(ck, TORCH_DTYPES[m.dtype])
     ids = np.unique(np.linspace(0, ref.shape[0] - 1, 257).astype(int))
-    return compare("text_embed (table)", table[ids], ref[ids], m.dtype)
+    return compare("text_embed (table)", table[ids], ref[ids].astype(np.float32), m.dtype)
 
 
 __all__ = ["VerifyReport", "verify_bundle"]

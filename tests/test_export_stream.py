@@ -200,3 +200,90 @@ def test_sharded_init_equals_single_file(tmp_path):
     cfg.save_pretrained(str(many))
     model = JanusForConditionalGeneration.from_pretrained(str(many))
     assert torch.equal(model.lm_head.weight, a["lm_head.weight"])
+
+
+def _constants(path: str) -> list:
+    m = onnx.load(path)
+    return [(n.op_type, [(a.name, a.t.data_type, numpy_helper.to_array(a.t).tobytes()) if a.type == a.TENSOR
+                         else (a.name,) for a in n.attribute])
+            for n in m.graph.node if n.op_type in ("Constant", "ConstantOfShape")]
+
+
+def test_fp16_vq_graphs_converted_from_fp32_trace_are_the_fp16_trace(tiny_ckpt, tmp_path):
+    """fp16 VQ graphs are traced in fp32 and converted (export/fp16.py: torch's fp16 conv2d on the CPU takes hours
+    for Pro-7B's VQ): the result is torch's own fp16 trace, node for node, initializer and constant data equal
+    (Resize's scales kept fp32 as ONNX wants), ORT outputs bit-equal. (Against the fp32 model, with fp16
+    tolerances, they are checked by verify in test_export.py::test_fp16_bundle_matches_transformers_fp16.)"""
+    graphs = ("vq_encoder", "vq_decoder")
+    conv = export_bundle(tiny_ckpt, str(tmp_path / "conv"), options=ExportOptions(
+        dtype="float16", graphs=graphs, progress=False))
+    traced = export_bundle(tiny_ckpt, str(tmp_path / "traced"), options=ExportOptions(
+        dtype="float16", graphs=graphs, progress=False, fp16_via_fp32=()))
+    for name in graphs:
+        assert_same_graph(conv, traced, name, "float16")
+        a, b = _constants(os.path.join(conv, f"{name}.onnx")), _constants(os.path.join(traced, f"{name}.onnx"))
+        assert len(a) > 20 and a == b, f"{name}: Constant nodes differ"
+    m = onnx.load(os.path.join(conv, "vq_decoder.onnx"))
+    types = {t.data_type for t in m.graph.initializer}
+    assert types == {onnx.TensorProto.FLOAT16}
+
+
+def test_fp16_conversion_refuses_a_deliberate_fp32_upcast():
+    from onnx import TensorProto, helper
+
+    from janus_edge.export.fp16 import NotConvertible, convert_to_fp16
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    g = helper.make_graph([helper.make_node("Cast", ["x"], ["c"], to=TensorProto.FLOAT),
+                           helper.make_node("Softmax", ["c"], ["y"])], "g", [x], [y])
+    with pytest.raises(NotConvertible, match="casts to float32"):
+        convert_to_fp16(helper.make_model(g))
+
+
+def _status_mb(field: str) -> float:
+    return int(open("/proc/self/status").read().split(f"{field}:")[1].split()[0]) / 1024
+
+
+def test_verify_fp16_session_holds_one_fp32_weight_copy(tmp_path):
+    """ORT's CPU provider runs an fp16 MatMul on an fp32 copy of its weight. verify's session options must keep one
+    such copy alive at a time: ORT's defaults held all of them at once (and its arena a second set), which put
+    verify of Pro-7B's 12 GB fp16 lm out of memory. 16 MatMuls of 8 MB fp16 weights: peak RSS while running must
+    stay under 1.4x the weights (the weights paged in + one 16 MB copy); ORT's defaults measured 5.2x."""
+    import gc
+
+    from onnx import TensorProto, helper
+
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
+    weights = 16 * 2048 * 2048 * 2
+
+    rng, nodes, inits, x = np.random.default_rng(0), [], [], "x"
+    for i in range(16):
+        w = (rng.standard_normal((2048, 2048), dtype=np.float32) * 0.02).astype(np.float16)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"]))
+        x = f"h{i}"
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["n", 2048])],
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT16, ["n", 2048])], inits)
+    path = str(tmp_path / "m.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path, save_as_external_data=True,
+              location="m.onnx.data", size_threshold=1024)
+    del inits, g, w
+    import onnxruntime as ort
+
+    from janus_edge.export.verify import session_options
+
+    s = ort.InferenceSession(path, session_options("float16"), providers=["CPUExecutionProvider"])
+    feeds = {"x": np.ones((2, 2048), np.float16)}
+    s.run(None, feeds)  # warm-up: ORT's first-run allocations, outside the measured window
+    del s
+    gc.collect()
+    s = ort.InferenceSession(path, session_options("float16"), providers=["CPUExecutionProvider"])
+    with open("/proc/self/clear_refs", "w") as fh:  # peak RSS (VmHWM) := current RSS
+        fh.write("5")
+    before = _status_mb("VmRSS")
+    for _ in range(3):
+        s.run(None, feeds)
+    grew = (_status_mb("VmHWM") - before) * 2**20
+    assert grew < 1.4 * weights, grew / weights
