@@ -15,7 +15,8 @@ def _f(v, fmt: str = ".1f", unit: str = "") -> str:
 
 
 def _label(r: dict) -> str:
-    return f"{os.path.basename(os.path.normpath(r['bundle']))} ({r.get('dtype')}, {r.get('backend')})"
+    n = f", {r['n']} images" if r.get("n", 1) != 1 else ""
+    return f"{os.path.basename(os.path.normpath(r['bundle']))} ({r.get('dtype')}, {r.get('backend')}{n})"
 
 
 def summary(res: dict) -> str:
@@ -45,6 +46,9 @@ def summary(res: dict) -> str:
                          f"{r['weight_bytes_per_step'] / 1e9:.3f} + KV {r['kv_bytes_per_step'] / 1e6:.1f} MB) -> "
                          f"ratio {r['floor_ratio']:.2f} (full-cache floor {r['floor_ms_full_cache']:.1f} ms, "
                          f"ratio {r['floor_ratio_full_cache']:.2f}); achieved {r['achieved_gbps']:.1f} GB/s")
+        if r.get("images_step_ratio"):
+            lines.append(f"    {r['n']} images ({r['rows']} rows): step {r['images_step_ratio']:.2f}x that of "
+                         f"{r['images_step_ratio_vs_n']} image(s)")
         busy.append((name, r.get("other_processes_cores")))
         lines.append(f"    peak RSS {_f(r.get('peak_rss_mb'), '.0f')} MB" +
                      (f" | speedup vs transformers {r['speedup']:.2f}x" if r.get("speedup") else ""))

@@ -47,6 +47,7 @@ class BenchConfig:
     prompt: str | None = None  # t2i prompt (default ours.DEFAULT_PROMPT)
     question: str | None = None  # chat question (default ours.DEFAULT_QUESTION)
     n: int = 1
+    images: list[int] | None = None  # t2i: images per prompt to time, each bundle at each count (default [n])
     cfg_weight: float = 5.0
     temperature: float = 1.0  # t2i draw, as the official generation script (chat is greedy)
     seed: int = 0
@@ -82,6 +83,13 @@ def validate(cfg: BenchConfig) -> None:
     _int_or_none(cfg.runs, "--runs")
     _int_or_none(cfg.threads, "--threads")
     _int_or_none(cfg.n, "n")
+    if cfg.images is not None:
+        if not cfg.images:
+            raise InputError("--images needs at least one count")
+        for k in cfg.images:
+            _int_or_none(k, "--images")
+        if cfg.task != "t2i":
+            raise InputError("--images is for --task t2i (images per prompt)")
     _int_or_none(cfg.warmup_steps, "warmup_steps", 0)
     if cfg.baseline not in (None, "hf"):
         raise InputError(f"unknown baseline {cfg.baseline!r}; the only baseline is 'hf' (transformers)")
@@ -149,33 +157,51 @@ def _log(cfg: BenchConfig, msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def _measure_bundle(cfg: BenchConfig, path: str, bw: float) -> tuple[dict, dict]:
-    """-> (result, inputs the baseline reuses: prompt ids / pixels / our greedy tokens)."""
+def image_counts(cfg: BenchConfig) -> list[int]:
+    return list(cfg.images) if cfg.images else [cfg.n]
+
+
+def _measure_bundle(cfg: BenchConfig, path: str, bw: float) -> tuple[list[dict], dict]:
+    """-> (results: one per image count for t2i, one for chat; inputs the baseline reuses: prompt ids / pixels /
+    our greedy tokens). t2i at several counts reuses the opened bundle; each count's `images_step_ratio` is its
+    step p50 over that of the first count."""
     from janus_edge.runtime.pipeline import Pipeline
 
     from . import ours
 
     pipe = Pipeline.from_bundle(path, backend=cfg.backend, threads=cfg.threads)
     share: dict = {"dims": pipe.dims}
+    out = []
     if cfg.task == "t2i":
         prompt = cfg.prompt or ours.DEFAULT_PROMPT
-        res, share["tokens"] = ours.measure_t2i(pipe, prompt=prompt, steps=cfg.steps, runs=cfg.runs, warmup_steps=cfg.warmup_steps,
-                               n=cfg.n, cfg_weight=cfg.cfg_weight, temperature=cfg.temperature, seed=cfg.seed,
-                               bandwidth_gbps=bw)
+        for k in image_counts(cfg):
+            res, tokens = ours.measure_t2i(pipe, prompt=prompt, steps=cfg.steps, runs=cfg.runs,
+                                           warmup_steps=cfg.warmup_steps, n=k, cfg_weight=cfg.cfg_weight,
+                                           temperature=cfg.temperature, seed=cfg.seed, bandwidth_gbps=bw)
+            if not out:
+                share["tokens"] = tokens
+            elif res.get("decode_step_ms_p50") and out[0].get("decode_step_ms_p50"):
+                res["images_step_ratio"] = round(res["decode_step_ms_p50"] / out[0]["decode_step_ms_p50"], 3)
+                res["images_step_ratio_vs_n"] = out[0]["n"]
+            out.append(res)
+            if len(image_counts(cfg)) > 1:
+                _log(cfg, f"{path} at {k} image(s): step p50 {res.get('decode_step_ms_p50')} ms")
         share["ids"] = pipe.prompt_ids(prompt)
     else:
         from janus_edge.runtime import prompts
 
         question = cfg.question or ours.DEFAULT_QUESTION
-        res = ours.measure_chat(pipe, question=question, steps=cfg.steps, runs=cfg.runs,
-                                warmup_steps=cfg.warmup_steps, default_tokens=cfg.chat_tokens, bandwidth_gbps=bw)
+        out.append(ours.measure_chat(pipe, question=question, steps=cfg.steps, runs=cfg.runs,
+                                     warmup_steps=cfg.warmup_steps, default_tokens=cfg.chat_tokens,
+                                     bandwidth_gbps=bw))
         image = ours.synthetic_image(pipe.bundle.manifest.image_preprocess.get("size", pipe.dims.image_size))
         share["ids"] = prompts.chat_ids(pipe.bundle, question, 1)
         share["pixels"] = pipe._pixels([image])
-    res["graphs_loaded"] = pipe.bundle.loaded_graphs
+    for res in out:
+        res["graphs_loaded"] = pipe.bundle.loaded_graphs
     del pipe
     gc.collect()
-    return res, share
+    return out, share
 
 
 def _measure_baseline(cfg: BenchConfig, share: dict, bw: float) -> dict:
@@ -186,7 +212,7 @@ def _measure_baseline(cfg: BenchConfig, share: dict, bw: float) -> dict:
         try:
             if cfg.task == "t2i":
                 out = hf.measure_t2i(model, ids=share["ids"], steps=cfg.steps, runs=cfg.runs,
-                                     warmup_steps=cfg.warmup_steps, n=cfg.n, cfg_weight=cfg.cfg_weight,
+                                     warmup_steps=cfg.warmup_steps, n=image_counts(cfg)[0], cfg_weight=cfg.cfg_weight,
                                      temperature=cfg.temperature, seed=cfg.seed, bandwidth_gbps=bw,
                                      dims=share["dims"], ours_tokens=share.get("tokens"))
             else:
@@ -222,9 +248,9 @@ def run(cfg: BenchConfig) -> dict:
     for b in cfg.bundles:
         _log(cfg, f"{cfg.task} on {b} ...")
         res, sh = _measure_bundle(cfg, b, bw["bandwidth_gbps"])
-        results.append(res)
+        results += res
         share = share or sh
-        _log(cfg, f"{b}: step p50 {res.get('decode_step_ms_p50')} ms")
+        _log(cfg, f"{b}: step p50 {res[0].get('decode_step_ms_p50')} ms")
     if cfg.bandwidth_probes > 1:  # probe again now that our sessions are released; keep the best of all runs
         for _ in range(cfg.bandwidth_probes - 1):
             with PeakRSS() as probe:
@@ -237,8 +263,9 @@ def run(cfg: BenchConfig) -> dict:
     if cfg.baseline == "hf":
         _log(cfg, f"transformers baseline from {cfg.checkpoint} ...")
         baseline = _measure_baseline(cfg, share, bw["bandwidth_gbps"])
-        for r in results:
-            if r.get("decode_step_ms_p50") and baseline.get("decode_step_ms_p50"):
+        for r in results:  # speedup: against the baseline at the same image count only
+            if r.get("decode_step_ms_p50") and baseline.get("decode_step_ms_p50") and \
+                    r.get("n", 1) == baseline.get("n", r.get("n", 1)):
                 r["speedup"] = round(baseline["decode_step_ms_p50"] / r["decode_step_ms_p50"], 3)
         if cfg.task == "t2i" and "greedy_tokens_equal_ours" in baseline:
             baseline["greedy_tokens_compared_with"] = results[0]["bundle"]

@@ -22,8 +22,9 @@ CHAT_COLS = ("run", "what", "threads", "image encode ms", "TTFT ms", "step p50 m
 
 def _rows(res: dict, name: str) -> list[list[str]]:
     env = res["environment"]
-    items = [(f"{os.path.basename(os.path.normpath(r['bundle']))} {r.get('dtype')} ({r.get('backend')})", r)
-             for r in res["results"]]
+    items = [(f"{os.path.basename(os.path.normpath(r['bundle']))} {r.get('dtype')} ({r.get('backend')})"
+              + (f", {r['n']} images ({r['images_step_ratio']:.2f}x the step of {r['images_step_ratio_vs_n']})"
+                 if r.get("images_step_ratio") else ""), r) for r in res["results"]]
     if "baseline" in res:
         items.append(("transformers float32 (torch)", res["baseline"]))
     out = []

@@ -132,7 +132,8 @@ def _bench(a) -> int:
     from janus_edge.benchmarks.runner import BenchConfig, run_cli
 
     cfg = BenchConfig(bundles=a.bundle, task=a.task, json_out=a.json, steps=a.steps, runs=a.runs, threads=a.threads,
-                      baseline=a.baseline, checkpoint=a.checkpoint, plot=a.plot, backend=a.backend)
+                      baseline=a.baseline, checkpoint=a.checkpoint, plot=a.plot, backend=a.backend,
+                      images=a.images)
     return run_cli(cfg)
 
 
@@ -240,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", default=None, help="checkpoint for --baseline hf")
     s.add_argument("--plot", default=None, help="PNG of decode-step latency over step index")
     s.add_argument("--backend", default="ort", choices=["ort", "trt"])
+    s.add_argument("--images", type=int, nargs="+", default=None, metavar="N",
+                   help="t2i: images per prompt (CFG rows = 2N), each bundle timed at each count (default 1)")
     return p
 
 

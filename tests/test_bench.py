@@ -120,6 +120,26 @@ def test_table(t2i, capsys):
     assert "step p50 ms" in md and "transformers" in md and "(extrap.)" in md
 
 
+def test_several_image_counts_in_one_run(cli, tiny_bundle, tiny_ckpt, tmp_path):
+    """--images 1 2: each bundle timed at 1 then 2 images (4 CFG rows), the ratio of their steps recorded; the
+    baseline runs at the first count and the speedup is given only against it."""
+    from janus_edge.benchmarks import table
+
+    p = tmp_path / "n.json"
+    code, out, err = cli("bench", tiny_bundle, "--json", p, "--steps", 3, "--threads", 1, "--images", 1, 2,
+                         "--baseline", "hf", "--checkpoint", tiny_ckpt)
+    assert code == 0, err
+    res = json.loads(p.read_text())
+    one, two = res["results"]
+    assert (one["n"], one["rows"], two["n"], two["rows"]) == (1, 2, 2, 4) and res["baseline"]["n"] == 1
+    assert two["kv_bytes_per_step"] == pytest.approx(2 * one["kv_bytes_per_step"])
+    assert two["images_step_ratio"] == pytest.approx(two["decode_step_ms_p50"] / one["decode_step_ms_p50"], rel=1e-2)
+    assert two["images_step_ratio_vs_n"] == 1 and "images_step_ratio" not in one
+    assert one["speedup"] > 0 and "speedup" not in two
+    assert "2 images (4 rows): step" in out
+    assert "2 images (" in table.tables([str(p)])
+
+
 def test_whole_image_greedy_matches_transformers(tiny_bundle, tiny_ckpt):
     """No --steps: every step timed, image_s measured (not extrapolated); greedy tokens equal transformers'."""
     from janus_edge.benchmarks.runner import BenchConfig, run
@@ -156,6 +176,8 @@ def test_chat(cli, tiny_bundle, tiny_ckpt, tmp_path):
     (["--checkpoint", "x"], "--baseline hf"),
     (["--baseline", "hf", "--checkpoint", "/nonexistent/ckpt"], "checkpoint not found"),
     (["--backend", "trt"], "trt"),
+    (["--images", "0"], "--images"),
+    (["--task", "chat", "--images", "2"], "--images"),
 ])
 def test_bad_input_one_error_line(cli, tiny_bundle, tmp_path, args, match):
     code, out, err = cli("bench", tiny_bundle, "--json", tmp_path / "x.json", *args)
