@@ -176,6 +176,8 @@ def quantize_graph(src: str, tmp: str, entry: C.GraphEntry, name: str, mode: str
         if mode is not None:
             model, q = mode_function(mode)(model, name, calib, opts)
             new.precision, new.quantization = mode, q
+            if q.get("target") in ("ort", "trt"):  # a backend-specific form (int4 --target ort: MatMulNBits)
+                new.target = q["target"]
         if name == "lm" and kv_dtype:
             model = kvcache.apply(model, kv_dtype, entry)
             new.inputs, new.outputs = kvcache.io_json(entry, kv_dtype)
