@@ -347,12 +347,23 @@ def compare(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _row(rows: list[dict], side: str, prec: str, phase: str) -> dict | None:
+    return next((r for r in rows if r["side"] == side and r["precision"] == prec and r["phase"] == phase
+                 and "decode_step_ms_p50" in r), None)
+
+
 def table(result: dict) -> str:
-    lines = ["| precision | rows | what | janus-edge p50 ms | llama.cpp p50 ms | llama.cpp / ours | ours faster |",
-             "|---|---|---|---|---|---|---|"]
+    """Markdown: one line per comparison, with both sides' weight bytes per step and floor ratios."""
+    rows, bw = result["results"], result["bandwidth_gbps"]
+    lines = [f"| precision | rows | janus-edge step | llama.cpp step | llama.cpp / ours | weights read per step "
+             f"(ours / llama.cpp) | floor ratio at {bw:.1f} GB/s (ours / llama.cpp) |", "|---|---|---|---|---|---|---|"]
     for c in result["comparison"]:
-        lines.append(f"| {c['precision']} | {c['rows']} | {c['ours']} vs {c['llama_cpp']} | {c['ours_p50_ms']:.1f} | "
-                     f"{c['llama_cpp_p50_ms']:.1f} | {c['llama_cpp_over_ours']:.2f}x | {'yes' if c['ours_faster'] else 'no'} |")
+        prec, qtype = c["precision"].split(" vs ")
+        a, b = _row(rows, "janus-edge", prec, c["ours"]), _row(rows, "llama.cpp", qtype, c["llama_cpp"])
+        what = {"t2i": "2 (t2i)", "chat": "1 (chat)", "t2i_text_head": "2 (text head)"}[c["llama_cpp"]]
+        lines.append(f"| {c['precision']} | {what} | {c['ours_p50_ms']:.1f} ms | {c['llama_cpp_p50_ms']:.1f} ms | "
+                     f"{c['llama_cpp_over_ours']:.2f}x | {a['weight_bytes_per_step'] / 1e6:.0f} / "
+                     f"{b['weight_bytes_per_step'] / 1e6:.0f} MB | {a['floor_ratio']:.2f} / {b['floor_ratio']:.2f} |")
     if result.get("llama_cpp_skipped"):
         lines.append(f"\nllama.cpp rows skipped: {result['llama_cpp_skipped']}")
     return "\n".join(lines)
