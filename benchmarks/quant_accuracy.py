@@ -20,25 +20,26 @@ import time
 
 KINDS = ("q", "k", "v", "o", "gate", "up", "down")
 SWEEP_KNOBS = {"smooth": "auto", "calibrator": "mse"}
+KEEP = ["down", "lm_head"]  # the int8 / fp8 default: every down_proj and lm_head kept int8 weight-only (W8A16)
 VARIANTS = {
     # name: (mode, knobs for opts.extra[mode])
-    "int8-absmax": ("int8", {"smooth": "off", "calibrator": "minmax"}),  # TensorRT-style plain static A8
-    "int8-mse": ("int8", {"smooth": "off", "calibrator": "mse"}),
-    "int8-sq0.8": ("int8", {"smooth": 0.8, "calibrator": "minmax"}),  # SmoothQuant as published (alpha 0.8)
-    "int8-sq-auto": ("int8", {"smooth": "auto", "calibrator": "mse"}),
-    "int8-sq-auto-keep4": ("int8", {"smooth": "auto", "calibrator": "mse", "keep_float": 4}),
-    "int8-sq-auto-keep8": ("int8", {"smooth": "auto", "calibrator": "mse", "keep_float": 8}),
-    "int8-sq-auto-keep16": ("int8", {"smooth": "auto", "calibrator": "mse", "keep_float": 16}),
-    "int8-sq-auto-minmax": ("int8", {"smooth": "auto", "calibrator": "minmax"}),
-    "int8-sq-auto-minmax-keep8": ("int8", {"smooth": "auto", "calibrator": "minmax", "keep_float": 8}),
-    "int8-sq-auto-minmax-keep16": ("int8", {"smooth": "auto", "calibrator": "minmax", "keep_float": 16}),
-    "int8-sq0.8-keep16": ("int8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": 16}),
-    "int8-sq0.8-keepdown": ("int8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": ["down"]}),
-    "fp8": ("fp8", {"smooth": "auto", "calibrator": "mse", "keep_float": 0}),
-    "fp8-minmax": ("fp8", {"smooth": "auto", "calibrator": "minmax"}),
-    "fp8-sq0.8": ("fp8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": 0}),
-    "fp8-sq0.8-keep16": ("fp8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": 16}),
-    "fp8-plain": ("fp8", {"smooth": "off", "calibrator": "minmax", "keep_float": 0}),
+    "int8-absmax": ("int8", {"smooth": "off", "calibrator": "minmax", "keep_float": 0}),  # plain static A8
+    "int8-sq0.8": ("int8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": 0}),  # SmoothQuant, all W8A8
+    "int8-sq0.8-keepdown-float": ("int8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": ["down"],
+                                           "keep_as": "float"}),  # the previous default
+    "int8-sq0.8-keep-down-head-smoothed": ("int8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": KEEP,
+                                                    "keep_as": "int8", "smooth_kept": True}),
+    "int8": ("int8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": KEEP, "keep_as": "int8"}),  # default
+    "int8-nosmooth-keep": ("int8", {"smooth": "off", "calibrator": "minmax", "keep_float": KEEP, "keep_as": "int8"}),
+    "int8-sq-auto-keep": ("int8", {"smooth": "auto", "calibrator": "minmax", "keep_float": KEEP, "keep_as": "int8"}),
+    "int8-percentile-keep": ("int8", {"smooth": 0.8, "calibrator": "percentile", "keep_float": KEEP,
+                                      "keep_as": "int8"}),
+    "int8-w8a16": ("int8", {"smooth": "off", "calibrator": "minmax", "keep_float": ["lm", "lm_head", "gen_head"],
+                            "keep_as": "int8"}),  # weight-only everywhere: the floor of int8 weights alone
+    "fp8": ("fp8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": KEEP, "keep_as": "int8"}),  # default
+    "fp8-keep-fp8-weights": ("fp8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": KEEP,
+                                     "keep_as": "weights"}),
+    "fp8-sq0.8": ("fp8", {"smooth": 0.8, "calibrator": "minmax", "keep_float": 0}),  # fully fp8
 }
 
 
@@ -58,6 +59,36 @@ def build(src: str, work: str, name: str, mode: str, knobs: dict, graphs: str | 
     return out
 
 
+def per_layer(ckpt: str, src: str, calib_path: str, mode: str = "int8", tokens: int = 400,
+              steps=(4, 8, 12, 16, 20, 24)) -> dict:
+    """The kept MatMuls of the default, one at a time released to per-tensor static A8 (torch fake quantization with
+    the bundle's scales, quant/simulate.py) on the calibration text, then the n least sensitive released together."""
+    import torch
+
+    from janus_edge.quant import calib as CB
+    from janus_edge.quant import evaluate as E
+    from janus_edge.quant import simulate as S
+
+    torch.set_num_threads(2)
+    sim = S.FakeQuantLM(ckpt, src, CB.CalibData.load(calib_path), mode)
+    ids = E.text_ids(E.open_bundle(src), CB.read_text(CB.CALIB_TEXT_FILE))[:tokens]
+    st = S.SimText(sim, ids)
+    kept = [k for k in sim.state if "down_proj" in k or k.startswith("lm_head")]
+
+    def run(keep, **kw):
+        sim.configure(**({"alpha": 0.8, "modes": {k: S.W8A16 for k in keep}} | kw))
+        return st.measure()
+
+    out = {"mode": mode, "tokens": len(ids) - 1, "default": run(kept), "all_a8": run([]),
+           "all_w8a16": run([], alpha=None, default=S.W8A16), "release_one": {}}
+    for k in kept:
+        out["release_one"][k] = run([x for x in kept if x != k])
+        log(f"release {k}: {out['release_one'][k]}")
+    ranked = sorted(kept, key=lambda k: out["release_one"][k]["kl"])
+    out["greedy_release"] = {n: {**run(ranked[n:]), "released": ranked[:n]} for n in steps}
+    return out
+
+
 def text_eval(fp, qdir: str, ids) -> dict:
     from janus_edge.quant import evaluate as E
 
@@ -74,6 +105,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--select", action="store_true", help="choose keep_float on the calibration text")
     ap.add_argument("--full", default="", help="variants that get the full report (comma list)")
+    ap.add_argument("--per-layer", default=None, metavar="CKPT",
+                    help="the per-layer table of the int8 default's kept MatMuls (torch fake quantization; the "
+                         "bundle's checkpoint)")
     a = ap.parse_args(argv)
 
     from janus_edge.quant import calib as CB
@@ -131,6 +165,9 @@ def main(argv=None) -> int:
             log(f"sweep {kind}: {state['sweep'][kind]}")
             shutil.rmtree(q, ignore_errors=True)
             save_state()
+    if a.per_layer and "per_layer" not in state:
+        state["per_layer"] = per_layer(a.per_layer, a.bundle, os.path.join(a.work, "calib.npz"))
+        save_state()
     full = {}
     for name in [v for v in a.full.split(",") if v]:
         q = os.path.join(a.work, name)
@@ -174,6 +211,21 @@ def markdown(s: dict) -> str:
                   f"(held-out text; knobs {json.dumps(s.get('sweep_knobs', SWEEP_KNOBS))}):", "",
               "| int8 kind | perplexity delta | top-1 agreement |", "|---|---|---|"]
         L += [f"| {k} | {r['ppl_delta_pct']:+.2f}% | {100 * r['top1_agreement']:.2f}% |" for k, r in s["sweep"].items()]
+    pl = s.get("per_layer")
+    if pl:
+        L += ["", f"Per-layer sensitivity of the {pl['mode']} default's kept MatMuls, measured by fake quantization in "
+                  f"torch with the bundle's own scales (quant/simulate.py; the kept ones as ORT runs them, int8 "
+                  f"activations per block of 32) on the *calibration* text ({pl['tokens']} tokens, never the held-out "
+                  "one): each row releases one kept MatMul to per-tensor static A8, the rest as in the default.", "",
+              "| configuration | perplexity delta | top-1 agreement | KL to fp |", "|---|---|---|---|"]
+        for k in ("all_w8a16", "default", "all_a8"):
+            r = pl[k]
+            L.append(f"| {k} | {r['ppl_delta_pct']:+.2f}% | {100 * r['top1_agreement']:.2f}% | {r['kl']:.4f} |")
+        for k, r in sorted(pl["release_one"].items(), key=lambda kv: -kv[1]["kl"]):
+            L.append(f"| release {k} | {r['ppl_delta_pct']:+.2f}% | {100 * r['top1_agreement']:.2f}% | {r['kl']:.4f} |")
+        for n, r in (pl.get("greedy_release") or {}).items():
+            L.append(f"| release the {n} least sensitive | {r['ppl_delta_pct']:+.2f}% | "
+                     f"{100 * r['top1_agreement']:.2f}% | {r['kl']:.4f} |")
     c = s.get("calibration")
     if c:
         L += ["", f"Calibration: {c.get('t2i_prompts')} prompts x {c.get('image_steps_per_prompt')} image-token steps "

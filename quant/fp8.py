@@ -1,9 +1,10 @@
 """FP8 (E4M3, FLOAT8E4M3FN) weights and activations in the QDQ form, with calibrated scales.
 
 The same rewrite as int8.py (quantize_qdq): weights per output channel, scale = absmax / 448; activations per tensor,
-static, scale from the calibration (clip ratio searched for the least output error, SmoothQuant alpha searched per
-tensor, incl. off); zero points FLOAT8E4M3FN 0. FLOAT8 Q/DQ needs opset >= 19: the graph is converted to opset 21
-(onnx.version_converter, as int4 does).
+static, calibrated (absmax after SmoothQuant alpha 0.8 by default); zero points FLOAT8E4M3FN 0. FLOAT8 Q/DQ needs
+opset >= 19: the graph is converted to opset 21 (onnx.version_converter, as int4 does). The default keeps every
+down_proj and lm_head as int8 weight-only (int8.py `keep_as`): E4M3 weights alone cost +5.1% perplexity on the
+trained LM (3 mantissa bits), so the kept, most sensitive MatMuls take the finer int8 weights.
 
 Where it runs: TensorRT builds FP8 Q/DQ on compute capability >= 8.9 (Ada, Hopper, Thor); Orin (8.7) cannot, and
 `quantize --target orin` refuses fp8. ONNX Runtime's CPU has FP8 QuantizeLinear/DequantizeLinear kernels but no FP8
@@ -36,4 +37,8 @@ def quantize_fp8(model, graph: str, calib, opts) -> tuple[object, dict]:
     q["format"] = "FLOAT8E4M3FN"
     q["opset"] = 21
     q["runs_on"] = CPU_NOTE
+    if q["matmuls_weight_only"]:  # kept MatMuls, int8 weight-only: ORT's 8-bit MatMulNBits on fp32 activations
+        from .int8 import ORT_WEIGHT_ONLY
+
+        q["ort_session_config"] = dict(ORT_WEIGHT_ONLY)
     return model, q

@@ -26,8 +26,14 @@ Accuracy work (QUANT_FACTS: per-tensor static A8 on a trained LM is +118% perple
 - Activation scale: calibrators `minmax` (default), `percentile` (99.99), `entropy` (onnxruntime.quantization's
   HistogramCollector over the calibration rows) or `mse` (clip ratio searched for the least output error of
   the quantized MatMuls on calibration rows, hand-written).
-- Mixed precision: the `keep_float` most sensitive MatMuls (by the measured per-MatMul error, the table recorded
-  in the manifest entry and the report) stay float; or name them (kinds `down`, layers `down:3`, node names).
+- Mixed precision: the `keep_float` MatMuls keep their activation unquantized: named (kinds `down`, layers `down:3`,
+  node names, a graph name such as `lm_head`) or the N most sensitive by the measured per-MatMul error (the table
+  recorded in the manifest entry and the report). `keep_as="int8"` (default) makes them int8 *weight-only* (W8A16:
+  the same weight bytes as W8A8; ORT fuses it into an 8-bit MatMulNBits, TensorRT builds it as weight-only int8),
+  `"float"` keeps float weights. A group whose consumers are all kept is not smoothed: smoothing only moves its
+  activation outliers into the weights (on the trained LM, W8A16 everywhere: +3.5% / 88.8% with alpha 0.8, -0.3% /
+  95.6% unsmoothed, calibration text). Default (int8 and fp8): every down_proj and lm_head kept
+  (benchmarks/results/smollm2_quant.md: the measured table, per kind and per kept layer).
 
 What onnxruntime.quantization is used for: the entropy calibrator (HistogramCollector). What is hand-written and why:
 the Q/DQ insertion (quantize_static re-runs its own calibration through a CalibrationDataReader, i.e. it would need
@@ -49,6 +55,12 @@ ORT_SESSION_CONFIG = {"session.x64quantprecision": "1"}
 # into a float Gemm on dequantized weights before its QDQ fusion sees it (measured, onnxruntime 1.32); with it off the
 # MatMul becomes MatMulIntegerToFloat and the Add stays float (or fuses into BiasGelu).
 ORT_NO_MATMUL_ADD = {"optimization.disable_specified_optimizers": "MatMulAddFusion"}
+# Kept (weight-only int8) MatMuls: ORT fuses DQ(int8, axis 1) + MatMul into an 8-bit MatMulNBits (block 32). Its
+# accuracy level 4 (recorded, ORT's default) quantizes the activation to int8 on the fly per row and block of 32
+# channels, so an outlier channel spoils only its block (1.2% output error with a 100x outlier channel, measured;
+# per-token scales: 8.6%); level 1 (fp32 activations) runs 46x slower than level 4 here (288 vs 6.2 ms for a
+# 5632x2048 weight at 2 rows; fp32 MatMul 7.7 ms, W8A8 MatMulIntegerToFloat 4.8 ms). TensorRT: weight-only int8.
+ORT_WEIGHT_ONLY = {"session.qdq_matmulnbits_accuracy_level": "4"}
 ALPHAS = (None, 0.5, 0.6, 0.7, 0.8, 0.9)  # None: no smoothing
 CLIPS = (1.0, 0.8, 0.65, 0.5, 0.35)
 _KIND = re.compile(r"/(?:mlp/)?(q|k|v|o|gate|up|down)_proj(?:_(\d+))?/MatMul$")
@@ -100,17 +112,24 @@ class QdqConfig:
     # the N most sensitive MatMuls stay float (a float < 1: that fraction of them; 0.075 = 16 of SmolLM2's 211),
     # or names (kinds "down", "kind:layer" "down:3", node names)
     keep_float: int | float | tuple = 0.075
+    # what a kept MatMul becomes: "int8" = int8 weight-only (W8A16: per-channel int8 weight DQ + MatMul on the float
+    # activation: ORT's 8-bit MatMulNBits, TensorRT's weight-only quantization), "weights" = weight-only in the
+    # mode's own format (fp8: E4M3 weights, +5.1% / 88% alone on the trained LM), or "float" (fp weights). A group
+    # whose consumers are all kept is not smoothed (its activation is never quantized; smoothing would only move
+    # the activation outliers into the weights: +3.5% / 88.8% with W8A16 everywhere at alpha 0.8 on the trained LM,
+    # -0.3% / 95.6% unsmoothed, calibration text).
+    keep_as: str = "int8"
+    smooth_kept: bool = False  # True: smooth a wholly kept group anyway (measured worse; for the report's comparison)
     weight_qmax: int = 127  # 63 = ORT's reduce_range (7-bit weights, exact on AVX2 without the session option)
     search_rows: int = 128  # calibration rows used by the searches
     search_cols: int = 1024  # output channels (of all consumers) the search errors are measured on
     extra: dict = field(default_factory=dict)
 
 
-# Per-mode defaults: the best fully described configurations measured on the trained LM
-# (benchmarks/results/smollm2_quant.md): int8 with every down_proj float (+2.6% / 90.6% on 2,257 held-out tokens,
-# lm_head and gen_head int8); fp8 fully quantized with alpha and clip searched (+6.1% / 85.1%, 511 tokens).
-MODE_DEFAULTS = {"int8": {"smooth": 0.8, "calibrator": "minmax", "keep_float": ("down",)},
-                 "fp8": {"smooth": "auto", "calibrator": "mse", "keep_float": 0}}
+# Per-mode defaults, measured on the trained LM (benchmarks/results/smollm2_quant.md, 2,257 held-out tokens): every
+# down_proj and lm_head kept int8 weight-only (unsmoothed), the rest W8A8 (int8) or FP8 with SmoothQuant alpha 0.8.
+MODE_DEFAULTS = {"int8": {"smooth": 0.8, "calibrator": "minmax", "keep_float": ("down", "lm_head")},
+                 "fp8": {"smooth": 0.8, "calibrator": "minmax", "keep_float": ("down", "lm_head")}}
 
 
 def config_from(opts, mode: str) -> QdqConfig:
@@ -124,6 +143,8 @@ def config_from(opts, mode: str) -> QdqConfig:
         cfg.keep_float = tuple(cfg.keep_float)
     if cfg.calibrator not in ("mse", "minmax", "percentile", "entropy"):
         raise ValueError(f"unknown calibrator {cfg.calibrator!r}")
+    if cfg.keep_as not in ("int8", "weights", "float"):
+        raise ValueError(f"unknown keep_as {cfg.keep_as!r} (int8 | weights | float)")
     return cfg
 
 
@@ -348,8 +369,9 @@ def _search_group(model, act: str, nodes: list, stats, scheme: Scheme, cfg: QdqC
                      per)
 
 
-def choose_keep(plans: list[GroupPlan], keep) -> set[str]:
-    """Node names kept float: the `keep` most sensitive (int), or those matching names / kinds / kind:layer."""
+def choose_keep(plans: list[GroupPlan], keep, graph: str | None = None) -> set[str]:
+    """Node names kept (activation not quantized): the `keep` most sensitive (int), or those matching names / kinds /
+    kind:layer / `graph:node` / a graph name (all of that graph's MatMuls)."""
     if isinstance(keep, (int, float)):
         ranked = sorted(((e, n) for p in plans for n, e in p.per_node.items()), reverse=True)
         k = int(keep) if isinstance(keep, int) or keep >= 1 else int(round(keep * len(ranked)))
@@ -359,7 +381,8 @@ def choose_keep(plans: list[GroupPlan], keep) -> set[str]:
     for p in plans:
         for n in p.nodes:
             kind, layer = layer_of(n.name)
-            if n.name in want or kind in want or f"{kind}:{layer}" in want:
+            if n.name in want or kind in want or f"{kind}:{layer}" in want or graph in want or \
+                    f"{graph}:{n.name}" in want:
                 out.add(n.name)
     return out
 
@@ -387,8 +410,10 @@ def _insert_before(model, node, new_nodes: list) -> None:
         model.graph.node.insert(idx + k, nn)
 
 
-def apply_plans(model, plans: list[GroupPlan], keep: set[str], scheme: Scheme, act_qmax: float) -> dict:
-    """Fold the smoothing, write quantized weights and the Q/DQ nodes. Returns counts."""
+def apply_plans(model, plans: list[GroupPlan], keep: set[str], scheme: Scheme, act_qmax: float,
+                keep_as: str = "float") -> dict:
+    """Fold the smoothing, write quantized weights and the Q/DQ nodes (kept MatMuls: weights only, or float).
+    Returns counts."""
     from onnx import helper
 
     inits = graphio.initializers(model)
@@ -412,7 +437,7 @@ def apply_plans(model, plans: list[GroupPlan], keep: set[str], scheme: Scheme, a
             _insert_before(model, p.nodes[0], [helper.make_node("Mul", [p.act, inv.name], [out], name=out + "_Mul")])
             for n in p.nodes:
                 n.input[0] = out
-    counts = {"quantized": 0, "float": 0}
+    counts = {"quantized": 0, "float": 0, "weight_only": 0}
     inits = graphio.initializers(model)
     zq = scheme.onnx_type
     for p in plans:
@@ -426,23 +451,24 @@ def apply_plans(model, plans: list[GroupPlan], keep: set[str], scheme: Scheme, a
                 w = w * p.s[:, None]
             if wname in col_div:
                 w = w / col_div[wname][None, :]
-            if n.name not in qnames:
+            if n.name not in qnames and keep_as == "float":
                 if p.s is not None or wname in col_div:
                     _replace_init(model, t, as_kn(n, w))
                 counts["float"] += 1
                 continue
-            ws = (np.maximum(np.abs(w).max(0), 1e-12) / scheme.qmax).astype(np.float32)
-            q = np.ascontiguousarray(as_kn(n, scheme.encode(w, ws)))  # stored as the node reads it
-            qt = helper.make_tensor(wname + "_q", zq, list(q.shape), q.tobytes(), raw=True)
+            sch = scheme if n.name in qnames or keep_as == "weights" else int8_scheme()
+            ws = (np.maximum(np.abs(w).max(0), 1e-12) / sch.qmax).astype(np.float32)
+            q = np.ascontiguousarray(as_kn(n, sch.encode(w, ws)))  # stored as the node reads it
+            qt = helper.make_tensor(wname + "_q", sch.onnx_type, list(q.shape), q.tobytes(), raw=True)
             model.graph.initializer.remove(t)
             model.graph.initializer.append(graphio.put(qt))
             st = _const(model, wname + "_scale", ws)
-            zt = _const_zero(model, wname + "_zp", zq, [len(ws)])
+            zt = _const_zero(model, wname + "_zp", sch.onnx_type, [len(ws)])
             dq = helper.make_node("DequantizeLinear", [qt.name, st.name, zt], [wname + "_dq"], name=n.name + "_wDQ",
                                   axis=out_axis(n))
             _insert_before(model, n, [dq])
             n.input[1] = wname + "_dq"
-            counts["quantized"] += 1
+            counts["quantized" if n.name in qnames else "weight_only"] += 1
         if not qnodes:
             continue
         # One Q + DQ per consumer, each with its own scale / zero-point initializers (same values): ORT fuses a
@@ -467,12 +493,8 @@ def _const_zero(model, name: str, qtype: int, shape: list) -> str:
     return name
 
 
-def quantize_qdq(model, graph: str, calib, opts, scheme: Scheme, act_qmax: float, mode: str):
-    """The shared W?A? static QDQ rewrite of every weight MatMul with calibration statistics."""
-    t0 = time.time()
-    cfg = config_from(opts, mode)
-    if calib is None:
-        raise ValueError(f"{mode} needs calibration statistics (activation scales)")
+def plan_graph(model, graph: str, calib, cfg: QdqConfig, scheme: Scheme, act_qmax: float):
+    """Gemm -> MatMul rewrite, then per activation tensor the smoothing / scale plan. -> (plans, missing, gemms)."""
     gemms = gemms_to_matmul(model)
     groups = weight_groups(model)
     rng = np.random.default_rng(0)
@@ -486,8 +508,21 @@ def quantize_qdq(model, graph: str, calib, opts, scheme: Scheme, act_qmax: float
         if p.s is not None:
             p.fold = fold_plan(model, act, p.nodes, groups)
         plans.append(p)
-    keep = choose_keep(plans, cfg.keep_float)
-    counts = apply_plans(model, plans, keep, scheme, act_qmax)
+    return plans, missing, gemms
+
+
+def quantize_qdq(model, graph: str, calib, opts, scheme: Scheme, act_qmax: float, mode: str):
+    """The shared W?A? static QDQ rewrite of every weight MatMul with calibration statistics."""
+    t0 = time.time()
+    cfg = config_from(opts, mode)
+    if calib is None:
+        raise ValueError(f"{mode} needs calibration statistics (activation scales)")
+    plans, missing, gemms = plan_graph(model, graph, calib, cfg, scheme, act_qmax)
+    keep = choose_keep(plans, cfg.keep_float, graph)
+    for p in plans:  # a group never quantized: no smoothing (it would only make its weights harder to quantize)
+        if not cfg.smooth_kept and all(n.name in keep for n in p.nodes):
+            p.s, p.alpha = None, None
+    counts = apply_plans(model, plans, keep, scheme, act_qmax, cfg.keep_as)
     used = {i for n in model.graph.node for i in n.input}
     for t in [t for t in model.graph.initializer if t.name not in used]:  # norm weights replaced by smoothed copies
         model.graph.initializer.remove(t)
@@ -500,6 +535,10 @@ def quantize_qdq(model, graph: str, calib, opts, scheme: Scheme, act_qmax: float
                       "folded": {k: sum(1 for p in plans if p.s is not None and p.fold[0] == k)
                                  for k in ("norm", "cols", "mul")}},
         "weight_qmax": scheme.qmax, "matmuls_quantized": counts["quantized"], "matmuls_float": counts["float"],
+        "matmuls_weight_only": counts["weight_only"],
+        "kept_as": {"int8": "int8 weight-only (W8A16: activation float; a wholly kept group is not smoothed)",
+                    "weights": f"{scheme.name} weight-only (activation float; a wholly kept group is not smoothed)",
+                    "float": "float"}[cfg.keep_as],
         "gemms_as_matmul_add": gemms, "kept_float": sorted(keep), "no_calibration_stats": missing,
         "sensitivity": [{"node": n, "rel_sq_error": round(e, 6)} for e, n in table[:12]],
         "seconds": round(time.time() - t0, 1),
@@ -513,5 +552,8 @@ def quantize_int8(model, graph: str, calib, opts) -> tuple[object, dict]:
     q["ort_session_config"] = dict(ORT_SESSION_CONFIG) if cfg.weight_qmax > 64 else {}
     if q["gemms_as_matmul_add"]:
         q["ort_session_config"].update(ORT_NO_MATMUL_ADD)
-    q["fused_on_ort_cpu"] = "MatMulIntegerToFloat"
+    if q["matmuls_weight_only"]:
+        q["ort_session_config"].update(ORT_WEIGHT_ONLY)
+    q["fused_on_ort_cpu"] = "MatMulIntegerToFloat" + (" (kept weight-only: MatMulNBits 8-bit)"
+                                                      if q["matmuls_weight_only"] else "")
     return model, q
