@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -76,6 +78,18 @@ def _level(url: str, c: int, cfg: ServingBenchConfig, seed0: int) -> dict:
             "latency_s_p90": round(float(np.percentile(a, 90)), 3) if lat else None}
 
 
+def _others() -> list[str]:
+    """What else runs on the machine (processes over 5% CPU, with their nice value): serving figures depend on it."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pid,ni,pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True,
+                             timeout=10).stdout.splitlines()[1:]
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = [line.split(None, 3) for line in out]
+    return [f"{c} (nice {ni}, {cpu}% cpu)" for pid, ni, cpu, c in rows
+            if int(pid) != os.getpid() and float(cpu) >= 5.0][:12]
+
+
 def run(cfg: ServingBenchConfig) -> dict:
     from janus_edge.serving.client import stats, t2i_http
     from janus_edge.serving.launch import TritonServer
@@ -85,14 +99,18 @@ def run(cfg: ServingBenchConfig) -> dict:
         raise InputError("concurrency levels must be >= 1")
     from janus_edge.contract import load_manifest
 
-    T = load_manifest(cfg.bundle).dims.num_image_tokens
+    m = load_manifest(cfg.bundle)
+    T = m.dims.num_image_tokens
+    precision = {g: e.precision for g, e in m.graphs.items()}
     work = tempfile.mkdtemp(prefix="janus-bench-serving-")
     rows = 2 * max(cfg.levels)  # every request's 2 CFG rows fit the pool at the top level
-    repo = write_repo(cfg.bundle, os.path.join(work, "repo"),
-                      RepoOptions(rows=rows, max_len=(cfg.steps or T) + 64, max_queue=2 * max(cfg.levels),
-                                  threads=cfg.threads, steps=cfg.steps))
-    srv = TritonServer(repo, venv=cfg.triton_venv).start(timeout_s=900)
+    srv = None
+    env = environment(cfg.threads, "ort", {os.path.basename(os.path.abspath(cfg.bundle)): precision}, False)
     try:
+        repo = write_repo(cfg.bundle, os.path.join(work, "repo"),
+                          RepoOptions(rows=rows, max_len=(cfg.steps or T) + 64, max_queue=2 * max(cfg.levels),
+                                      threads=cfg.threads, steps=cfg.steps))
+        srv = TritonServer(repo, venv=cfg.triton_venv).start(timeout_s=900)
         t0 = time.perf_counter()
         t2i_http(srv.http_url, "warm-up", seed=0, timeout_s=3600)  # loads the graphs
         warm_s = time.perf_counter() - t0
@@ -103,12 +121,17 @@ def run(cfg: ServingBenchConfig) -> dict:
             after = stats(srv.grpc_url)
             r["lm_calls"] = after["lm_calls"] - before["lm_calls"]
             r["request_steps"] = after["request_steps"] - before["request_steps"]
+            r["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+            r["also_running"] = _others()
             levels.append(r)
             print(f"[serving] c={c}: {r['images_per_min']:.2f} images/min, latency p50 {r['latency_s_p50']} s "
                   f"p90 {r['latency_s_p90']} s, lm calls {r['lm_calls']} for {r['request_steps']} request steps",
                   flush=True)
+        server_exit = srv.stop()  # 0: every model unloaded cleanly
     finally:
-        srv.stop()
+        if srv is not None:
+            srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
     base = levels[0]
     for r in levels:
         r["throughput_x"] = round(r["images_per_min"] / base["images_per_min"], 3) if base["images_per_min"] else None
@@ -117,7 +140,8 @@ def run(cfg: ServingBenchConfig) -> dict:
     return {"schema": SCHEMA, "bundle": os.path.abspath(cfg.bundle), "steps": cfg.steps,
             "image_tokens": cfg.steps or "all", "waves": cfg.waves, "cfg_weight": cfg.cfg_weight,
             "pool_rows": rows, "warmup_s": round(warm_s, 3), "levels": levels,
-            "environment": environment(cfg.threads, "ort", {}, False),
+            "bundle_precision": m.dtype if len(set(precision.values())) == 1 else "mixed",
+            "server_exit": server_exit, "environment": env,
             "server": "tritonserver (nvidia-pytriton wheel), models chat (scheduler) + t2i (BLS), HTTP clients",
             **cfg.extra}
 

@@ -55,6 +55,7 @@ class Stats:
     failed: int = 0
     cancelled: int = 0
     max_active_rows: int = 0
+    cache_relayouts: int = 0  # the bound cache prefix grew or shrank (slots re-laid at a new stride)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -141,7 +142,10 @@ class _Req:
 
 
 class Scheduler:
-    def __init__(self, bundle, rows: int = 8, max_len: int | None = None, max_queue: int = 16):
+    def __init__(self, bundle, rows: int = 8, max_len: int | None = None, max_queue: int = 16,
+                 cache_chunk: int | None = None):
+        """cache_chunk: bind the cache's filled prefix rounded up to this many slots (default: the backend's
+        `cache_chunk`; 0: all max_len slots every step)."""
         d = bundle.dims
         self.b, self.be, self.d = bundle, bundle.backend, d
         self.rows = int(rows)
@@ -149,6 +153,7 @@ class Scheduler:
         if self.rows < 1 or self.max_len < 2:
             raise InputError(f"scheduler capacity must be >= 1 row and >= 2 slots, got {rows} x {max_len}")
         self.max_queue = int(max_queue)
+        self.chunk = int(getattr(bundle.backend, "cache_chunk", 0) or 0) if cache_chunk is None else int(cache_chunk)
         self.stats = Stats()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -162,29 +167,65 @@ class Scheduler:
     def _alloc(self) -> None:
         be, d, dt, R = self.be, self.d, self.b.dtype, self.rows
         self.graph = self.b.graph("lm")
-        self.cache = [be.alloc((R, d.num_kv_heads, self.max_len, d.head_dim), dt) for _ in range(2 * d.num_layers)]
         from janus_edge import contract as C
 
+        cdt = self.b.specs["lm"].input(C.PAST_KEY.format(i=0)).dtype  # fp16 cache in quantized bundles
+        # The cache is bound as [k, kvh, cap, D]: the first k (active) rows and only cap slots, the filled prefix of
+        # the longest row rounded up to the backend's chunk (attention reads ~what is filled, not max_len slots per
+        # row: at 8 rows x 960 slots the whole buffer is 3 GB a step on Pro-1B fp32); backends with cache_chunk 0
+        # (fixed shapes) bind all max_len slots. One flat store per tensor, allocated once, re-laid on a new cap.
+        self._store = [be.alloc((R * d.num_kv_heads * self.max_len * d.head_dim,), cdt)
+                       for _ in range(2 * d.num_layers)]
+        self.cap = 0
+        self._set_cap(self.max_len if not self.chunk else min(self.max_len, self.chunk))
         pk, pv, nk, nv = C.lm_cache_names(d.num_layers)
         self._past_names = [n for pair in zip(pk, pv) for n in pair]
         self._new_names = [n for pair in zip(nk, nv) for n in pair]
         self.io = {"inputs_embeds": be.alloc((R, 1, d.hidden_size), dt), "position_ids": be.alloc((R, 1), "int64"),
                    "hidden_states": be.alloc((R, 1, d.hidden_size), dt)}
         for n in self._new_names:
-            self.io[n] = be.alloc((R, d.num_kv_heads, 1, d.head_dim), dt)
-        self._bound: dict[int, tuple] = {}  # active row count -> (prefix views, run)
+            self.io[n] = be.alloc((R, d.num_kv_heads, 1, d.head_dim), cdt)
+        self._bound: dict[tuple, tuple] = {}  # (active rows, cap) -> (prefix views, run)
         self.pos = np.zeros(R, np.int64)  # next slot of each row
         self.hidden = np.zeros((R, d.hidden_size), dt)  # each row's last hidden state (host)
 
+    def _set_cap(self, cap: int, active: int = 0) -> None:
+        """Bind `cap` slots per row: re-lay the first `active` rows' slots at the new stride (in place: growing,
+        last block first; shrinking, first block first), then view each store as [R, kvh, cap, D]."""
+        be, d = self.be, self.d
+        D, blocks, old = d.head_dim, active * d.num_kv_heads, self.cap
+        if old and cap != old:
+            self.stats.cache_relayouts += 1
+        if old and blocks > 1 and cap != old:
+            keep = min(old, cap) * D
+            order = range(blocks - 1, 0, -1) if cap > old else range(1, blocks)
+            for buf in self._store:
+                for b in order:
+                    be.move_rows(buf, b * old * D, b * cap * D, keep)
+        self.cap = cap
+        shape = (self.rows, d.num_kv_heads, cap, D)
+        self.cache = [be.view(be.rows(buf, 0, self.rows * d.num_kv_heads * cap * D), shape) for buf in self._store]
+
+    def _fit(self, need: int) -> None:
+        """Make the bound cap hold `need` slots (and every active row's next slot), as tight as the chunk allows."""
+        if not self.chunk:
+            return
+        k = self.active_rows()
+        need = max(need, int(self.pos[:k].max()) + 1 if k else 1)
+        cap = min(self.max_len, -(-need // self.chunk) * self.chunk)
+        if cap != self.cap:
+            self._set_cap(cap, k)
+
     def _step_fn(self, k: int):
-        if k not in self._bound:
+        key = (k, self.cap)
+        if key not in self._bound:
             be = self.be
             v = {n: be.rows(b, 0, k) for n, b in self.io.items()}
             past = {n: be.rows(c, 0, k) for n, c in zip(self._past_names, self.cache)}
             run = self.graph.bind({"inputs_embeds": v["inputs_embeds"], "position_ids": v["position_ids"], **past},
                                   {n: v[n] for n in ["hidden_states", *self._new_names]})
-            self._bound[k] = (v, run)
-        return self._bound[k]
+            self._bound[key] = (v, run)
+        return self._bound[key]
 
     # ---- submission -------------------------------------------------------------------------------------------
     def submit_image(self, prompt_ids, n: int = 1, cfg_weight: float = 5.0, sampling: SamplingConfig | None = None,
@@ -287,6 +328,7 @@ class Scheduler:
     def _prefill(self, req: _Req) -> None:
         be, k, r = self.be, self.active_rows(), req.nrows
         S = req.embeds.shape[1]
+        self._fit(S)
         feeds = {"inputs_embeds": req.embeds, "position_ids": np.arange(S, dtype=np.int64)[None].repeat(r, 0)}
         for n, c in zip(self._past_names, self.cache):
             feeds[n] = be.read(be.rows(c, k, k + r))  # masked entirely (no slot < position 0)
@@ -396,6 +438,7 @@ class Scheduler:
 
     def _lm_step(self) -> None:
         be, k = self.be, self.active_rows()
+        self._fit(0)
         v, run = self._step_fn(k)
         emb = np.empty((k, 1, self.d.hidden_size), self.b.dtype)
         imgs = [r for r in self._active if r.kind == "t2i"]

@@ -87,6 +87,7 @@ class TritonServer:
         self._own_log = log_path is None
         self.log_path = log_path or os.path.join(self.work, "tritonserver.log")
         self.proc: subprocess.Popen | None = None
+        self._log_text: str | None = None  # the log's text once the work dir is removed (stop)
 
     @property
     def http_url(self) -> str:
@@ -131,6 +132,7 @@ class TritonServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"tritonserver exited with {self.proc.returncode}:\n{self.log_tail()}")
             if self.ready():
                 return self
@@ -146,7 +148,7 @@ class TritonServer:
             return False
 
     def log_tail(self, n: int = 40) -> str:
-        if getattr(self, "_log_text", None) is not None:  # the log dir was removed after a clean stop
+        if self._log_text is not None:  # the server has stopped and its work dir is gone: the log kept in memory
             return "".join(self._log_text.splitlines(keepends=True)[-n:])
         try:
             with open(self.log_path, errors="replace") as fh:
@@ -155,8 +157,10 @@ class TritonServer:
             return ""
 
     def stop(self, timeout_s: float | None = None) -> int | None:
-        """SIGTERM (Triton finishes or fails what is in flight within --exit-timeout-secs), then SIGKILL."""
+        """SIGTERM (Triton finishes or fails what is in flight within --exit-timeout-secs), then SIGKILL. The work
+        dir (backends copy, own log) is removed whatever the exit: the log's text stays readable via log_tail()."""
         if self.proc is None:
+            self._cleanup()
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -165,11 +169,13 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
-        shutil.rmtree(os.path.join(self.work, "backends"), ignore_errors=True)
-        if self.proc.returncode == 0 and self._own_log:  # a failed server keeps its log for a look
-            self._log_text = self.log_tail(10_000)
-            shutil.rmtree(self.work, ignore_errors=True)
+        self._cleanup()
         return self.proc.returncode
+
+    def _cleanup(self) -> None:
+        if self._own_log and self._log_text is None:
+            self._log_text = self.log_tail(100_000)
+        shutil.rmtree(self.work, ignore_errors=True)
 
     def __enter__(self) -> "TritonServer":
         return self.start()

@@ -67,6 +67,29 @@ def test_request_alone_equals_request_among_others(pipe):
     assert s.stats.done == len(MIX) + 1
 
 
+def test_prefix_binding_regrows_and_shrinks_without_changing_tokens(pipe):
+    """A 4-slot chunk: the bound cache prefix is re-laid every few steps, grown as rows advance and shrunk when the
+    longest request leaves while others (joining later, at other positions) go on; tokens stay those of each
+    request alone (near-ties forgiven as above) and the chat's those of the Pipeline."""
+    alone = [_alone(pipe, r) for r in MIX[:3]]
+    s = Scheduler(pipe.bundle, rows=8, max_len=128, cache_chunk=4)
+    hs = []
+    for r in MIX[:3]:
+        hs.append(_submit(s, pipe, r))
+        for _ in range(5):
+            s.step()
+    _, emb = pipe.chat_inputs("what is in the picture?")
+    hc = s.submit_chat(emb, 20, pipe.stop_ids(), SamplingConfig(0.0))
+    caps = [s.cap]
+    while s.step():
+        caps.append(s.cap)
+    for h, (ref, logits) in zip(hs, alone):
+        _same_or_tie(h.result(), ref, logits)
+    assert hc.result() == list(pipe.chat_token_ids("what is in the picture?", max_new_tokens=20, temperature=0.0))
+    assert s.stats.cache_relayouts >= 4 and max(caps) < 128, (s.stats.cache_relayouts, caps)
+    assert any(b < a for a, b in zip(caps, caps[1:])), caps  # it shrank too
+
+
 def test_equals_pipeline_same_seed(pipe):
     s = Scheduler(pipe.bundle, rows=8, max_len=128)
     hs = [_submit(s, pipe, r) for r in MIX[:3]]
