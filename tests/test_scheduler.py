@@ -211,3 +211,21 @@ def test_triton_repo_cli(cli, one_error_line, tiny_bundle, tmp_path, pipe):
     assert code == 2 and "--max-len" in one_error_line(err) and not bad.exists()
     code, _, err = cli("triton-repo", tiny_bundle, "--out", out)
     assert code == 2 and "already exists" in one_error_line(err)
+
+
+def test_quantized_bundle_with_fp16_kv_cache(tiny_bundle, tmp_path):
+    """The pool's cache takes the lm graph's cache dtype (fp16 in quantized bundles), not the bundle's fp32."""
+    pytest.importorskip("onnx")
+    from janus_edge import Pipeline
+    from janus_edge.quant.api import QuantOptions, quantize_bundle
+
+    q = quantize_bundle(tiny_bundle, str(tmp_path / "int4kv16"), QuantOptions(
+        mode="int4", method="rtn", kv_dtype="float16", report=False, force=True, progress=False))
+    p = Pipeline.from_bundle(q)
+    s = Scheduler(p.bundle, rows=4, max_len=128)
+    h = _submit(s, p, MIX[1])
+    s.run_until_idle()
+    assert s.cache[0].dtype == np.float16
+    prompt, n, cfg, t, k, tp, seed = MIX[1]
+    ref = p.generate_image(prompt, n=n, cfg_weight=cfg, temperature=t, top_k=k, top_p=tp, seed=seed, decode=False)
+    assert (h.result() == ref.tokens).all()
