@@ -59,7 +59,7 @@ def build(src: str, work: str, name: str, mode: str, knobs: dict, graphs: str | 
     return out
 
 
-def per_layer(ckpt: str, src: str, calib_path: str, mode: str = "int8", tokens: int = 400,
+def per_layer(ckpt: str, src: str, calib_path: str, mode: str = "int8", tokens: int = 320,
               steps=(4, 8, 12, 16, 20, 24)) -> dict:
     """The kept MatMuls of the default, one at a time released to per-tensor static A8 (torch fake quantization with
     the bundle's scales, quant/simulate.py) on the calibration text, then the n least sensitive released together."""

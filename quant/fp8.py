@@ -40,5 +40,5 @@ def quantize_fp8(model, graph: str, calib, opts) -> tuple[object, dict]:
     if q["matmuls_weight_only"]:  # kept MatMuls, int8 weight-only: ORT's 8-bit MatMulNBits on fp32 activations
         from .int8 import ORT_WEIGHT_ONLY
 
-        q["ort_session_config"] = dict(ORT_WEIGHT_ONLY)
+        q["weight_only_on_ort_cpu"] = f"MatMulNBits 8-bit, {ORT_WEIGHT_ONLY}"
     return model, q

@@ -60,6 +60,8 @@ ORT_NO_MATMUL_ADD = {"optimization.disable_specified_optimizers": "MatMulAddFusi
 # channels, so an outlier channel spoils only its block (1.2% output error with a 100x outlier channel, measured;
 # per-token scales: 8.6%); level 1 (fp32 activations) runs 46x slower than level 4 here (288 vs 6.2 ms for a
 # 5632x2048 weight at 2 rows; fp32 MatMul 7.7 ms, W8A8 MatMulIntegerToFloat 4.8 ms). TensorRT: weight-only int8.
+# The runtime's ORT backend sets level 4 for every graph (runtime/ort_backend.py); the manifest entry records it
+# (`weight_only_on_ort_cpu`) rather than asking for it again (ORT warns on every session about a repeated entry).
 ORT_WEIGHT_ONLY = {"session.qdq_matmulnbits_accuracy_level": "4"}
 ALPHAS = (None, 0.5, 0.6, 0.7, 0.8, 0.9)  # None: no smoothing
 CLIPS = (1.0, 0.8, 0.65, 0.5, 0.35)
@@ -553,7 +555,7 @@ def quantize_int8(model, graph: str, calib, opts) -> tuple[object, dict]:
     if q["gemms_as_matmul_add"]:
         q["ort_session_config"].update(ORT_NO_MATMUL_ADD)
     if q["matmuls_weight_only"]:
-        q["ort_session_config"].update(ORT_WEIGHT_ONLY)
+        q["weight_only_on_ort_cpu"] = f"MatMulNBits 8-bit, {ORT_WEIGHT_ONLY}"
     q["fused_on_ort_cpu"] = "MatMulIntegerToFloat" + (" (kept weight-only: MatMulNBits 8-bit)"
                                                       if q["matmuls_weight_only"] else "")
     return model, q

@@ -38,8 +38,9 @@ def build_report(src: str, qdir: str, pol: dict | None = None, calib=None, text_
         if en.quantization:
             qz = en.quantization
             row["scheme"] = {k: qz[k] for k in ("scheme", "calibrator", "smoothing", "kept_float", "matmuls_quantized",
-                                                "matmuls_float", "sensitivity", "method", "block_size", "format",
-                                                "runs_on", "ort_session_config") if k in qz}
+                                                "matmuls_float", "matmuls_weight_only", "kept_as",
+                                                "weight_only_on_ort_cpu", "sensitivity", "method", "block_size",
+                                                "format", "runs_on", "ort_session_config") if k in qz}
         row.update(per_graph.get(g, {}))
         graphs[g] = row
     data = {"schema": SCHEMA, "bundle": os.path.basename(os.path.abspath(qdir)),
@@ -134,12 +135,12 @@ def markdown(d: dict) -> str:
             on = [a for a in al if a is not None]
             L.append(f"- SmoothQuant ({sm.get('mode')}): on {len(on)}/{len(al)} activation tensors"
                      + (f", alpha {min(on)}..{max(on)}" if on else "") + f"; 1/s folded: {sm.get('folded')}")
-        for k in ("calibrator", "matmuls_quantized", "matmuls_float", "method", "block_size", "format", "runs_on",
-                  "ort_session_config"):
+        for k in ("calibrator", "matmuls_quantized", "matmuls_weight_only", "matmuls_float", "method", "block_size",
+                  "format", "runs_on", "weight_only_on_ort_cpu", "ort_session_config"):
             if k in s:
                 L.append(f"- {k}: {s[k]}")
         if s.get("kept_float"):
-            L.append(f"- kept float (most sensitive): {', '.join(s['kept_float'])}")
+            L.append(f"- kept ({s.get('kept_as', 'float')}): {', '.join(s['kept_float'])}")
         if s.get("sensitivity"):
             L += ["", "| most sensitive MatMuls (relative squared output error on calibration rows) | error |",
                   "|---|---|"]
