@@ -178,6 +178,10 @@ def quantize_graph(src: str, tmp: str, entry: C.GraphEntry, name: str, mode: str
             new.precision, new.quantization = mode, q
             if q.get("target") in ("ort", "trt"):  # a backend-specific form (int4 --target ort: MatMulNBits)
                 new.target = q["target"]
+            if name == "lm":  # the per-layer shape arithmetic of the export, folded (exact; quant/fold_shapes.py)
+                from .fold_shapes import fold_shapes
+
+                q["shapes_folded"] = fold_shapes(model)
         if name == "lm" and kv_dtype:
             model = kvcache.apply(model, kv_dtype, entry)
             new.inputs, new.outputs = kvcache.io_json(entry, kv_dtype)

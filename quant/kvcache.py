@@ -52,13 +52,30 @@ def apply(model, dtype: str, entry: C.GraphEntry):
                     if x == name:
                         seq[i] = f
         last.append(helper.make_node("Cast", [f], [name], name=f"/kv_cache/{name}/Cast", to=want))
-    nodes = first + list(model.graph.node) + last
+    nodes = _before_first_use(first, list(model.graph.node)) + last
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     for vi in (*model.graph.input, *model.graph.output):
         if vi.name in past or vi.name in new:
             vi.type.tensor_type.elem_type = want
     return model
+
+
+def _before_first_use(casts: list, nodes: list) -> list:
+    """Each past-cache Cast right before the first node that reads its output (its layer's attention), not all at
+    the graph's start: ONNX Runtime runs nodes in this order, and 48 fp32 copies of the cache live at once from the
+    start cost as much memory as the fp32 cache the fp16 one replaces (Pro-1B int4 image: 1.71 GB peak RSS with the
+    casts first, vs 1.63 GB for the fp32 cache)."""
+    by_out = {c.output[0]: c for c in casts}
+    out, placed = [], set()
+    for n in nodes:
+        for i in n.input:
+            c = by_out.get(i)
+            if c is not None and i not in placed:
+                out.append(c)
+                placed.add(i)
+        out.append(n)
+    return [c for o, c in by_out.items() if o not in placed] + out
 
 
 def io_json(entry: C.GraphEntry, dtype: str) -> tuple[list[dict], list[dict]]:

@@ -81,3 +81,21 @@ def test_ort_form_runs_through_pipeline(both):
     ref = Pipeline.from_bundle(qdq, threads=1).generate_image("a cat", temperature=0.0, seed=0, decode=False)
     res = Pipeline.from_bundle(ortb, threads=1).generate_image("a cat", temperature=0.0, seed=0, decode=False)
     assert np.array_equal(res.tokens, ref.tokens)  # the same kernel on the same numbers
+
+
+def test_fp16_cache_casts_sit_before_their_layer(tiny_bundle, tmp_path):
+    """Each past-cache Cast runs right before its first reader, not all at the graph's start (else every layer's fp32
+    copy of the cache is alive at once: as much memory as the fp32 cache the fp16 one replaces)."""
+    out = _q(tiny_bundle, tmp_path / "kv16", graphs="lm", kv_dtype="float16")
+    m = onnx.load(os.path.join(out, _manifest(out)["graphs"]["lm"]["file"]))
+    nodes = list(m.graph.node)
+    pos = {o: i for i, n in enumerate(nodes) for o in n.output}
+    casts = [i for i, n in enumerate(nodes) if n.op_type == "Cast" and n.input[0].startswith("past_")]
+    assert len(casts) == 4  # 2 layers x K, V
+    for i in casts:
+        readers = [j for j, n in enumerate(nodes) if nodes[i].output[0] in n.input]
+        assert readers and min(readers) == i + 1 or all(nodes[k].op_type in ("Cast", "Constant")
+                                                         for k in range(i + 1, min(readers)))
+    layer1 = next(i for i, n in enumerate(nodes) if n.input and n.input[0] == "past_key.1")
+    first_q = next(i for i, n in enumerate(nodes) if "q_proj" in n.name)
+    assert layer1 > first_q and pos  # layer 1's cache is cast after layer 0 has started
