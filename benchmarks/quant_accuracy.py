@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         log(f"full report {name}: text {rep.get('text')} image {rep.get('image')} chat {rep.get('chat')}")
     state["full"] = {**state.get("full", {}), **full}
     save_state()
-    write(state, a.out)
+    write({k: v for k, v in state.items() if k != "previous_session"}, a.out)
     return 0
 
 
@@ -196,12 +196,13 @@ def markdown(s: dict) -> str:
     L = ["# int8 / fp8 accuracy on the trained-LM test model (SmolLM2-135M-Instruct inside Janus)", "",
          "Teacher-forced on quant/data/heldout_en.txt against the fp32 bundle (lm + lm_head + gen_head quantized).",
          s.get("note", ""),
-         "", "| variant | mode | knobs | tokens | perplexity fp -> q | delta | top-1 agreement | quantize s |",
-         "|---|---|---|---|---|---|---|---|"]
+         "", "| variant | mode | knobs | tokens | perplexity fp -> q | delta | top-1 agreement | quantize s | run |",
+         "|---|---|---|---|---|---|---|---|---|"]
     for name, v in s.get("variants", {}).items():
         r = v["heldout"]
         L.append(f"| {name} | {v['mode']} | `{json.dumps(v['knobs'])}` | {r['tokens']} | {r['ppl_fp']:.3f} -> {r['ppl_q']:.3f} | "
-                 f"{r['ppl_delta_pct']:+.2f}% | {100 * r['top1_agreement']:.2f}% | {r.get('quantize_s', '')} |")
+                 f"{r['ppl_delta_pct']:+.2f}% | {100 * r['top1_agreement']:.2f}% | {r.get('quantize_s', '')} | "
+                 f"{v.get('session', 'this')} |")
     if s.get("select"):
         L += ["", "Kept-float MatMuls chosen on the calibration text (quant/data/calib_text.txt), int8 sq-auto:", "",
               "| kept float | perplexity delta | top-1 agreement |", "|---|---|---|"]
@@ -232,7 +233,7 @@ def markdown(s: dict) -> str:
                   f"(2 CFG rows), {c.get('chat_runs_with_image')} chats with an image, the calibration text as chat; "
                   f"lm calls observed {c.get('observed_calls', {}).get('lm')}; {c.get('wall_s')} s wall "
                   f"(machine shared with other jobs)."]
-    for name, rep in s.get("full", {}).items():
+    for name, rep in (s.get("full") or {}).items():
         L += ["", "---", "", f"## Full report: {name}", "", R.markdown(rep)]
     return "\n".join(L) + "\n"
 
