@@ -73,20 +73,15 @@ def compare(name: str, got: np.ndarray, ref: np.ndarray, dtype: str) -> Row:
 
 
 def session_options(precision: str):
-    """ORT session options for checking a graph of this precision on the CPU. fp16: ORT's CPU provider has no fp16
-    MatMul, so it casts each fp16 weight to an fp32 copy before use. With graph optimizations on it folds those
-    casts (fp32 copies of every weight kept: 24 GB more for Pro-7B's 12 GB fp16 lm); off, its default order runs
-    every weight's Cast first (the casts need no input), so all the copies are alive at once anyway, and its
-    arena keeps them across calls (5x the weights measured on a 16-MatMul graph). Priority-based order runs each
-    Cast just before its MatMul, and without the arena its copy is freed after it: the weights plus one copy
-    (tests/test_export_stream.py measures it)."""
+    """ORT session options for checking a graph of this precision on the CPU: fp16 graphs get the runtime's
+    memory-saving options (runtime/ort_backend.py `low_memory_fp16`: the weights plus one fp32 copy at a time)."""
     import onnxruntime as ort
+
+    from janus_edge.runtime.ort_backend import low_memory_fp16
 
     so = ort.SessionOptions()
     if precision == "float16":
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-        so.enable_cpu_mem_arena = False
+        low_memory_fp16(so, ort)
     return so
 
 

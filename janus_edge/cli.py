@@ -62,6 +62,7 @@ def _quantize(a) -> int:
 
     opts = QuantOptions(mode=a.mode, graphs=a.graphs, method=a.method, kv_dtype=a.kv_dtype, calib_prompts=a.calib_prompts,
                         calib_images=a.calib_images, block_size=a.block_size, target=a.target, force=a.force,
+                        report=a.report,
                         int8_layers=tuple(x for x in (a.int8_layers or "").split(",") if x))
     print(quantize_bundle(a.bundle, a.out, opts))
     return 0
@@ -176,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--block-size", type=int, default=128, help="int4 block along K (default 128)")
     s.add_argument("--int8-layers", default=None, help="int4: decoder MatMul kinds kept int8, e.g. down,up,v")
     s.add_argument("--target", default="any", help="any | ort | trt | orin | ada | hopper | thor (fp8: not orin)")
+    s.add_argument("--report", default="full", help="full | graphs | none: quant_report.json/.md: full = per graph + end to end (text, images, chat through both "
+                   "bundles: long for big models), graphs = per-graph output error on a few held-out calls only "
+                   "(what a Pro-7B fits in time and memory), none = no report (default: full)")
     s.add_argument("--force", action="store_true", help="replace an existing --out")
 
     s = sub.add_parser("lint-trt", help="check every op and dtype of a bundle against TensorRT 10.3's ONNX parser")

@@ -22,6 +22,7 @@ from janus_edge.errors import BundleError, InputError
 from . import graphio, policy as P
 
 KV_DTYPES = ("float32", "float16")
+REPORTS = ("full", "graphs", "none")  # --report scopes (QuantOptions.report)
 TARGETS = ("any", "ort", "trt", "orin", "ada", "hopper", "thor")  # where the bundle is meant to run
 NO_FP8 = {"orin": "Jetson Orin (compute capability 8.7) has no FP8: use --mode int8 or int4"}
 METHODS = {"int4": ("rtn", "clip", "awq-clip", "gptq"), "int8": None, "fp8": None}  # None: the mode module decides
@@ -41,7 +42,10 @@ class QuantOptions:
     block_size: int = 128  # int4 block along K (smaller where K is not a multiple: see int4.py)
     int8_layers: tuple[str, ...] = ()  # int4 mode: decoder MatMul kinds kept in int8 (q,k,v,o,gate,up,down)
     target: str = "any"  # any | ort | trt | orin | ada | hopper | thor (fp8 refused on orin)
-    report: bool = True  # write quant_report.json/.md (per-graph error against the fp bundle)
+    # quant_report.json/.md scope: "full" (per graph + end to end: text, image, chat through both bundles), "graphs"
+    # (per-graph output error on held-out real inputs only: a few calls of each quantized graph), "none" (no report;
+    # the manifest still records the scheme). True / False mean "full" / "none" (older callers).
+    report: str | bool = "full"
     force: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict)  # mode knobs (e.g. smoothquant alpha); "calib": CalibConfig overrides
@@ -81,12 +85,23 @@ def list_images(d: str) -> list[str]:
     return files
 
 
+def report_scope(opts: QuantOptions) -> str:
+    """full | graphs | none, from QuantOptions.report (bools of older callers; extra={"report": {"e2e": False}}, the
+    older way to ask for the per-graph part only, still means "graphs")."""
+    r = {True: "full", False: "none"}.get(opts.report, opts.report) if isinstance(opts.report, bool) else opts.report
+    if r == "full" and (opts.extra or {}).get("report", {}).get("e2e") is False:
+        return "graphs"
+    return r
+
+
 def check_options(opts: QuantOptions) -> dict[str, str | None]:
     """User errors in the options; returns the per-graph policy."""
     try:
         pol = P.parse_graphs(opts.graphs, opts.mode)
     except P.PolicyError as e:
         raise InputError(str(e)) from None
+    if report_scope(opts) not in REPORTS:
+        raise InputError(f"unknown report scope {opts.report!r}; choose one of {', '.join(REPORTS)}")
     if opts.target not in TARGETS:
         raise InputError(f"unknown target {opts.target!r}; choose one of {', '.join(TARGETS)}")
     for g, m in pol.items():
@@ -268,6 +283,6 @@ def _version(mod: str) -> str | None:
 
 def _write_report(src, tmp, old, new, pol, calib, opts) -> None:
     """quant_report.json/.md, measured and written by quant/report.py (per graph and end to end)."""
-    if opts.report:
-        _log(opts, "measuring the report (quant/report.py) ...")
+    if report_scope(opts) != "none":
+        _log(opts, f"measuring the report ({report_scope(opts)}; quant/report.py) ...")
         importlib.import_module("janus_edge.quant.report").write_report(src, tmp, old, new, pol, calib, opts)

@@ -2,9 +2,11 @@
 new weights straight into the output's external-data file, copy untouched external weights over at save.
 
 A 7B fp16 `lm` graph (13 GB) never sits in memory whole: the graph proto is loaded without its external data,
-each weight is memory-mapped from the source `.data` file when a mode function asks for it, and every large new
-initializer is appended to the destination `.data` file as it is made (`Store.put`). Only the protobuf of the
-graph structure (+ small inline tensors) is held.
+each weight is read from the source `.data` file when a mode function asks for it (a plain read into a buffer that
+is freed with the array, not a memory map: pages of a map stay in the process's RSS until it is closed, so a
+mapped 13 GB source counted 13 GB), every large new initializer is appended to the destination `.data` file as it
+is made (`Store.put`), and the untouched ones are copied over in chunks at save. Only the protobuf of the graph
+structure (+ small inline tensors) and the one tensor being worked on are held (tests/test_quant_7b_memory.py).
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ class Store:
     dst_path: str
     written: int = 0
     _fh: object = None
-    _maps: dict = field(default_factory=dict)
+    _files: dict = field(default_factory=dict)  # source data files, open for reading
     _ours: set = field(default_factory=set)  # names of tensors already written to the destination data file
 
     @property
@@ -75,13 +77,31 @@ class Store:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        self._maps.clear()
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
 
     # ---- reading ---------------------------------------------------------------------------------------------
-    def _map(self, location: str) -> np.memmap:
-        if location not in self._maps:
-            self._maps[location] = np.memmap(os.path.join(self.src_dir, location), dtype=np.uint8, mode="r")
-        return self._maps[location]
+    COPY_CHUNK = 64 << 20  # bytes per read when streaming an untouched tensor to the destination
+
+    def _src(self, location: str):
+        if location not in self._files:
+            self._files[location] = open(os.path.join(self.src_dir, location), "rb", buffering=0)
+        return self._files[location]
+
+    def _read(self, location: str, off: int, length: int) -> bytearray:
+        fh, buf = self._src(location), bytearray(length)
+        view, got = memoryview(buf), 0
+        while got < length:
+            n = os.preadv(fh.fileno(), [view[got:got + self.COPY_CHUNK]], off + got)
+            if n <= 0:
+                raise OSError(f"{location}: external data ends before offset {off + length}")
+            got += n
+        return buf
+
+    def _extent(self, t) -> tuple[str, int, int]:
+        info = _ext_info(t)
+        return info["location"], int(info.get("offset", 0)), int(info.get("length", tensor_nbytes(t)))
 
     def raw_bytes(self, t) -> memoryview | bytes:
         if not is_external(t):
@@ -92,12 +112,10 @@ class Store:
             with open(os.path.join(os.path.dirname(self.dst_path), self.data_name), "rb") as fh:
                 fh.seek(int(info["offset"]))
                 return fh.read(int(info["length"]))
-        off = int(info.get("offset", 0))
-        length = int(info.get("length", tensor_nbytes(t)))
-        return memoryview(self._map(info["location"])[off:off + length])
+        return memoryview(self._read(*self._extent(t)))
 
     def array(self, t) -> np.ndarray:
-        """A float/int initializer as numpy (a read-only view of the mapped file when external)."""
+        """A float/int initializer as numpy (external: read into its own buffer, freed with the array)."""
         from onnx import numpy_helper
 
         if not is_external(t) and not t.raw_data:
@@ -117,6 +135,15 @@ class Store:
         self._fh.write(data)
         self.written += len(data)
         return off, len(data)
+
+    def _copy_from_source(self, t) -> tuple[int, int]:
+        loc, off, length = self._extent(t)
+        start, _ = self._append(b"")
+        for o in range(0, length, self.COPY_CHUNK):
+            n = min(self.COPY_CHUNK, length - o)
+            self._fh.write(self._read(loc, off + o, n))
+            self.written += n
+        return start, length
 
     def _point(self, t, off: int, length: int) -> None:
         from onnx import TensorProto
@@ -142,8 +169,8 @@ class Store:
         import onnx
 
         for t in model.graph.initializer:
-            if is_external(t) and t.name not in self._ours:  # still in the source file: stream it over
-                self._point(t, *self._append(self.raw_bytes(t)))
+            if is_external(t) and t.name not in self._ours:  # still in the source file: stream it over in chunks
+                self._point(t, *self._copy_from_source(t))
             else:
                 self.put(t)
         if self._fh is not None:

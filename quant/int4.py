@@ -129,8 +129,24 @@ def gptq(w: np.ndarray, hessian: np.ndarray, block: int, bits: int, damp: float 
     return Q.T.astype(np.int8), S
 
 
+COLUMN_CHUNK = 1 << 24  # weight elements per quantize_weight pass (64 MB of fp32 per temporary)
+
+
 def quantize_weight(w: np.ndarray, block: int, bits: int, method: str, stats: dict | None) -> tuple[np.ndarray, np.ndarray]:
-    """-> (q ints [K, N] as int8, scales [K/block, N] float32)."""
+    """-> (q ints [K, N] as int8, scales [K/block, N] float32). Output columns are independent for every method
+    (blocks run along K; GPTQ's Hessian is over K), so a wide weight is done in column chunks: its fp32 temporaries
+    stay ~COLUMN_CHUNK elements each (Pro-7B's lm_head, 4096 x 102400 fp16: ~1.7 GB per fp32 temporary otherwise)."""
+    K, N = w.shape
+    step = max(1, COLUMN_CHUNK // max(K, 1))
+    if N <= step:
+        return _quantize_columns(w, block, bits, method, stats)
+    q, s = np.empty((K, N), np.int8), np.empty((K // block, N), np.float32)
+    for c in range(0, N, step):
+        q[:, c:c + step], s[:, c:c + step] = _quantize_columns(w[:, c:c + step], block, bits, method, stats)
+    return q, s
+
+
+def _quantize_columns(w, block: int, bits: int, method: str, stats: dict | None) -> tuple[np.ndarray, np.ndarray]:
     qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     w = np.asarray(w, np.float32)
     imp = None if not stats else stats.get("mean_sq")
@@ -187,7 +203,7 @@ def dq_weight(model, node, t, q: np.ndarray, scales: np.ndarray, block: int, bit
     qtype = TensorProto.INT4 if bits == 4 else TensorProto.INT8
     raw = pack_int4(q) if bits == 4 else q.astype(np.int8).tobytes()
     qt = helper.make_tensor(base + f"_q{bits}", qtype, [K, N], raw, raw=True)
-    st = numpy_helper.from_array(scales.astype(np.float32), base + "_scale")
+    st = numpy_helper.from_array(scales.astype(graphio.np_dtype(t.data_type)), base + "_scale")  # the MatMul's dtype
     model.graph.initializer.remove(t)
     model.graph.initializer.extend([graphio.put(qt), graphio.put(st)])
     dq_out = base + "_dq"
@@ -209,7 +225,8 @@ def nbits_weight(model, node, t, q: np.ndarray, scales: np.ndarray, block: int, 
     packed = (u[..., 0::2] | (u[..., 1::2] << 4)) if bits == 4 else u
     base = t.name
     bt = numpy_helper.from_array(np.ascontiguousarray(packed), base + f"_nbits{bits}")
-    st = numpy_helper.from_array(np.ascontiguousarray(scales.T.astype(np.float32)).reshape(-1), base + "_scale")
+    st = numpy_helper.from_array(np.ascontiguousarray(scales.T.astype(graphio.np_dtype(t.data_type))).reshape(-1),
+                                 base + "_scale")  # T1 of MatMulNBits: the activation dtype (fp16 bundles: fp16)
     model.graph.initializer.remove(t)
     model.graph.initializer.extend([graphio.put(bt), graphio.put(st)])
     new = helper.make_node("MatMulNBits", [node.input[0], bt.name, st.name], list(node.output), name=node.name,

@@ -8,6 +8,7 @@ PSNR of the VQ-decoded images. See evaluate.py for how each figure is measured.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -30,6 +31,7 @@ def build_report(src: str, qdir: str, pol: dict | None = None, calib=None, text_
     quantized = [g for g, m in pol.items() if m]
     fp, q = E.open_bundle(src, threads, config={}), E.open_bundle(qdir, threads)
     feeds = E.capture_feeds(src, quantized)
+    gc.collect()  # the capture's own pipeline (a third opened bundle) goes before the graphs are compared
     per_graph = E.graph_accuracy(fp, q, feeds)
     graphs = {}
     for g in C.GRAPHS:
@@ -57,6 +59,7 @@ def build_report(src: str, qdir: str, pol: dict | None = None, calib=None, text_
         data["text"] = E.text_accuracy(fp, q, ids)
         data["image"] = E.image_accuracy(fp, q, E.EVAL_PROMPTS[:image_prompts]) if image_prompts else None
         data["chat"] = E.chat_accuracy(fp, q, E.EVAL_QUESTIONS[:chat_questions], chat_tokens) if chat_questions else None
+    data["scope"] = "full" if e2e else "graphs"
     data["seconds"] = round(time.time() - t0, 1)
     return data
 
@@ -67,7 +70,10 @@ def write_report(src, tmp, old, new, pol, calib, opts) -> None:
     new.files = {f: C.sha256_file(os.path.join(tmp, f)) for f in sorted(os.listdir(tmp))
                  if os.path.isfile(os.path.join(tmp, f)) and f != C.MANIFEST}
     new.save(tmp)
-    knobs = dict((getattr(opts, "extra", None) or {}).get("report", {}))
+    from .api import report_scope
+
+    knobs = dict((getattr(opts, "extra", None) or {}).get("report", {}))  # test-size knobs (text_tokens, ...)
+    knobs["e2e"] = report_scope(opts) == "full"
     data = build_report(src, tmp, pol, calib, **knobs)
     save(data, tmp)
 

@@ -45,6 +45,8 @@ class Bundle:
                 cfg = (self.manifest.graphs[name].quantization or {}).get("ort_session_config")
                 takes = "session_config" in inspect.signature(self.backend.open).parameters
                 extra = {"session_config": cfg} if cfg and takes else {}
+                if "precision" in inspect.signature(self.backend.open).parameters:  # ort: fp16 graphs' memory options
+                    extra["precision"] = self.manifest.graphs[name].precision
                 self._graphs[name] = self.backend.open(path, self.specs[name], **extra)
             except Exception as e:  # a graph that passed its sha256 but cannot be opened
                 raise BundleError(f"cannot open graph {name} ({path}): {str(e).splitlines()[0][:300]}") from None

@@ -12,6 +12,21 @@ from janus_edge.errors import BackendUnavailable
 from .backend import Backend, Graph
 
 
+def low_memory_fp16(so, ort) -> None:
+    """Session options for an fp16 graph on ORT's CPU provider (used by the runtime and by `verify`). ORT's CPU
+    provider has no fp16 MatMul, so it inserts a Cast to an fp32 copy before each fp16 weight's MatMul. With graph
+    optimizations on it folds those casts at load: fp32 copies of every weight kept for the session's life (24 GB
+    more for Pro-7B's 12 GB fp16 lm). Off, its default order runs every weight's Cast first (the casts need no
+    input), so all the copies are alive at once anyway, and its arena keeps them across calls (5x the weights
+    measured on a 16-MatMul graph). Priority-based order runs each Cast just before its MatMul, and without the
+    arena its copy is freed after it: the weights plus one copy (tests/test_ort_memory.py). The price is speed
+    (no fusions, a cast per weight per call): fp16 bundles on the CPU are for memory; quantized graphs of an fp16
+    bundle (int4/int8, whose fusions matter) are not opened this way."""
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    so.enable_cpu_mem_arena = False
+
+
 class OrtGraph(Graph):
     def __init__(self, session, spec: GraphSpec):
         self.session, self.spec = session, spec
@@ -74,8 +89,12 @@ class OrtBackend(Backend):
         so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "4")
         return so
 
-    def open(self, path: str, spec: GraphSpec, session_config: dict | None = None) -> Graph:
+    def open(self, path: str, spec: GraphSpec, session_config: dict | None = None,
+             precision: str | None = None) -> Graph:
+        """precision: the manifest's `GraphEntry.precision` (float16 graphs get `low_memory_fp16`)."""
         so = self.options()
+        if precision == "float16":
+            low_memory_fp16(so, self.ort)
         # Per graph, from the manifest's `quantization.ort_session_config` (runtime/bundle.py): e.g. INT8 W8A8 graphs ask for `session.x64quantprecision=1` (on x86 without
         # VNNI, ORT's u8s8 kernel sums u8*s8 pairs in int16 and saturates on full-range int8 weights: 11% output
         # error measured, quant/int8.py). Not set globally: it makes ORT turn the INT8 weights of blocked
