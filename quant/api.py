@@ -197,6 +197,11 @@ def quantize_graph(src: str, tmp: str, entry: C.GraphEntry, name: str, mode: str
                 from .fold_shapes import fold_shapes
 
                 q["shapes_folded"] = fold_shapes(model)
+                if opts.target == "ort":  # ORT-only kernels: rotary, residual + RMSNorm (quant/fuse_ort.py)
+                    from .fuse_ort import fuse_lm
+
+                    q["fused_ort"] = fuse_lm(model)
+                    q["target"] = new.target = "ort"
         if name == "lm" and kv_dtype:
             model = kvcache.apply(model, kv_dtype, entry)
             new.inputs, new.outputs = kvcache.io_json(entry, kv_dtype)
