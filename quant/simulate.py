@@ -1,11 +1,14 @@
 """Fake quantization of the trained LM in torch with the bundle's own plans: fast what-if measurements for the
-per-MatMul sensitivity table and the mixed-precision selection (quant/sensitivity.py checks them against ONNX Runtime).
+per-MatMul sensitivity table (benchmarks/sensitivity.py) and the mixed-precision selection; tests/test_quant_simulate.py
+checks it against the ONNX Runtime int8 bundle.
 
 The plans (SmoothQuant vector s, activation scale) come from int8.plan_graph on the fp bundle's `lm` / `lm_head`
 graphs with the same calibration, so each torch Linear computes what its QDQ MatMul computes:
     W8A8 / FP8:  y = Q_a(x / s; scale) @ Q_w(diag(s) W^T)      Q_w per output channel, symmetric
     W8A16:       y = (x / s) @ Q_w(diag(s) W^T)                 (the kept, weight-only form; on ORT's CPU the
                  activation is int8 per row and block of 32 channels, MatMulNBits level 4: `kept_block`)
+    W4A16:       y = Q_blk(x) @ Q4(W^T)                         (int4 mode: quant/int4.py's block scales for the
+                 method, rtn / clip / awq-clip; the activation int8 per row and weight block, as MatMulNBits level 4)
     float:       y = x @ W^T
 (Folding 1/s into the RMSNorm weight or the up_proj columns, as the bundle does, is the same arithmetic.) A forward of
 the whole text at once is the teacher-forced pass (causal attention = the chunked KV-cache pass of evaluate.py).
@@ -20,7 +23,7 @@ import numpy as np
 from . import graphio
 from . import int8 as I8
 
-FLOAT, W8A16, A8 = 0, 1, 2
+FLOAT, W8A16, A8, W4 = 0, 1, 2, 3
 
 
 def _torch_linear(model, graph: str, node_name: str):
@@ -55,8 +58,10 @@ class FakeQuantLM:
         self.state: dict[str, int] = {}
         self.groups: dict[str, list[str]] = {}  # "graph|act" -> MatMul keys "graph:node"
         self.stats: dict[str, np.ndarray] = {}  # "graph|act" -> per-channel absmax of the activation
+        self.msq: dict[str, np.ndarray] = {}  # "graph|act" -> per-channel mean square (AWQ importance)
         self.lin: dict[str, object] = {}
         self.q: dict[str, tuple] = {}  # key -> (s or None, act scale, quantized weight [K, N])
+        self.q4: dict[str, tuple] = {}  # key -> (block, int4 fake-quantized weight [K, N]) for W4
         man = C.load_manifest(src)
         for graph in ("lm", "lm_head"):
             g = graphio.load(os.path.join(src, man.graphs[graph].file))
@@ -71,6 +76,7 @@ class FakeQuantLM:
                 gk = f"{graph}|{act}"
                 self.groups[gk] = [f"{graph}:{nm}" for nm in names]
                 self.stats[gk] = np.asarray(st.absmax_ch, np.float32)
+                self.msq[gk] = st.mean_sq
                 for nm in names:
                     key = f"{graph}:{nm}"
                     self.lin[key] = _torch_linear(self.model, graph, nm)
@@ -100,6 +106,20 @@ class FakeQuantLM:
                 wq = I8.weight_fake(w * s[:, None] if s is not None else w, sch)
                 self.q[k] = (None if s is None else self.torch.from_numpy(s), scale, self.torch.from_numpy(wq))
 
+    def quantize_int4(self, keys=None, method: str = "awq-clip", block: int = 128) -> None:
+        """INT4 weights (W4 state) for `keys` (default: all) with quant/int4.py's method and block rule; the
+        importance of awq-clip is the calibrated mean square of the input channels, as in the bundle."""
+        from . import int4 as I4
+
+        group = {k: gk for gk, ks in self.groups.items() for k in ks}
+        for k in (self.state if keys is None else keys):
+            w = self.lin[k].weight.detach().float().T.numpy()  # [K, N]
+            b = I4.block_for(w.shape[0], block)
+            q, s = I4.quantize_weight(w, b, 4, method, {"mean_sq": self.msq[group[k]]})
+            K, N = w.shape
+            wq = (q.astype(np.float32).reshape(K // b, b, N) * s[:, None, :]).reshape(K, N)
+            self.q4[k] = (b, self.torch.from_numpy(np.ascontiguousarray(wq)))
+
     def _wrap(self, key: str) -> None:
         torch = self.torch
         lin = self.lin[key]
@@ -109,17 +129,25 @@ class FakeQuantLM:
         state, qd = self.state, self.q
         blk = self.kept_block if lin.weight.shape[1] % max(self.kept_block, 1) == 0 else 0
 
+        q4 = self.q4
+
+        def blocks(xs, b):  # ORT's MatMulNBits level 4: the activation int8 per row and block of b input channels
+            shp = xs.shape
+            xb = xs.reshape(*shp[:-1], shp[-1] // b, b)
+            sb = xb.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 127.0
+            return (torch.round(xb / sb) * sb).reshape(shp)
+
         def forward(x):
             m = state[key]
+            if m == W4:
+                b, w4 = q4[key]
+                return blocks(x, b) @ w4
             if m == FLOAT or key not in qd:
                 return torch.nn.functional.linear(x, w_fp)
             s_t, scale, wq = qd[key]
             xs = x / s_t if s_t is not None else x
-            if m == W8A16 and blk:  # ORT's MatMulNBits level 4: int8 per row and block of 32 input channels
-                shp = xs.shape
-                xb = xs.reshape(*shp[:-1], shp[-1] // blk, blk)
-                sb = xb.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 127.0
-                xs = (torch.round(xb / sb) * sb).reshape(shp)
+            if m == W8A16 and blk:
+                xs = blocks(xs, blk)
             elif m == A8:
                 if fp8:
                     xs = (xs / scale).clamp(-qmax, qmax).to(torch.float8_e4m3fn).float() * scale
