@@ -12,7 +12,10 @@ agreement, mean KL. Rows:
         float); the default with one more kind kept or one kept kind released;
   int4: each kind alone INT4 (the rest float), round-to-nearest vs awq-clip; everything INT4 (rtn, clip, awq-clip);
         awq-clip with down/up/v in int8 weight-only (the mixed form of smollm2_int4_methods.json).
-Per kind, not per layer: a per-layer table (211 MatMuls x 2 modes) does not fit a session on 2 shared cores.
+  --down-layers: per layer for the kind whose keeping matters most per layer in count (int8: the default with one
+        layer's down_proj released to W8A8).
+Per kind, and per layer only for down_proj: every MatMul per layer in both modes (~420 measures) was not run (the
+per-kind run with --down-layers: 67 measures, 254 s at 256 tokens on 2 shared cores).
 """
 from __future__ import annotations
 
@@ -122,6 +125,11 @@ def markdown(s: dict) -> str:
     for sec, title in titles.items():
         if s.get(sec):
             L += [f"### {title}", ""] + head + [row(k, r) for k, r in s[sec].items()] + [""]
+    if s.get("simulator_check"):  # measured once, by hand / by tests/test_quant_simulate.py (see the json)
+        L += ["## The simulator against ONNX Runtime", "", "| case | rel. error ORT vs fp | sim vs fp | error cosine | "
+              "sim vs ORT | argmax agreement |", "|---|---|---|---|---|---|"]
+        L += [f"| {k} | {v.get('rel_err_ort_vs_fp', '-')} | {v.get('rel_err_sim_vs_fp', '-')} | {v['error_cosine']} | "
+              f"{v['rel_sim_vs_ort']} | {v['argmax_agreement']} |" for k, v in s["simulator_check"].items()] + [""]
     if s.get("findings"):
         L += ["## What it says about the defaults", ""] + [f"- {x}" for x in s["findings"]] + [""]
     return "\n".join(L) + "\n"
