@@ -9,6 +9,7 @@ import numpy as np
 from janus_edge import contract as C
 from janus_edge.errors import BundleError
 
+from . import memory
 from .backend import Backend, Graph
 
 
@@ -19,6 +20,7 @@ class Bundle:
         except C.ContractError as e:
             raise BundleError(str(e)) from None
         self.path, self.backend = path, backend
+        memory.configure_heap()  # big buffers mapped, so that what a request frees leaves the process (memory.py)
         attach = getattr(backend, "attach", None)  # trt: engines.json checked against this TensorRT and GPU
         if attach is not None:
             attach(path, self.manifest)

@@ -10,7 +10,7 @@ import numpy as np
 
 from janus_edge.errors import InputError
 
-from . import prompts
+from . import memory, prompts
 from .backend import get_backend
 from .bundle import Bundle
 from .decode import generate_image_tokens, generate_text
@@ -77,6 +77,8 @@ class Pipeline:
 
         tokens = generate_image_tokens(self.bundle, ids, uncond, int(n), float(cfg_weight), sampling, rng, tick)
         t1 = time.perf_counter()
+        if decode:  # the request's KV cache is freed by now: give its pages back before the VQ decoder's peak
+            memory.trim_heap()
         images = self.decode_tokens(tokens) if decode else []
         t2 = time.perf_counter()
         timings = {"prefill_s": marks[0] - t0, "step_s": list(np.diff(marks)), "vq_decode_s": t2 - t1,
