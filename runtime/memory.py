@@ -1,16 +1,17 @@
 """Process heap settings for a small-memory device (glibc on Linux; a no-op elsewhere).
 
-Why. glibc serves an allocation above its mmap threshold with its own mapping (given back to the system at free)
-and anything smaller from the heap (kept by the process after free unless it lies at the heap's top). The threshold
-is dynamic: each freed mapping raises it to that size (up to 32 MiB). After a session load frees its big temporaries,
-the KV cache (48 blocks of 4.9 MB for a Pro-1B image) and the VQ decoder's activations (run without ORT's arena, up to
-75 MB per tensor) come from the heap, and what they free stays resident: measured on the int4 Pro-1B image, the freed
-KV cache (225 MB) was still resident during the VQ decode and the decode's freed tensors piled up: peak RSS 1451 - 2016
-MiB in four runs of the same `generate` command (1.52 - 2.11 GB). A fixed threshold (4 MiB) turns the dynamic behaviour off: those buffers are mapped
-and unmapped, and the peak is the live memory: 1325 - 1342 MiB in two runs (lm session + step state ~875 MiB after the loop, the
-VQ decoder session +245, its run +216). The lm step is not affected (69.4 vs 69.5 ms median, two A/B runs in both orders):
-it makes no mmap/munmap call (strace, 200 steps; its buffers come from ORT's arena or are far below the threshold); the VQ decode faults its fresh pages in (+1 s of
-system time per image on 2 cores).
+Why. glibc serves an allocation above its mmap threshold with its own mapping (given back to the system at free) and
+anything smaller from the heap (kept by the process after free unless it lies at the heap's top). The threshold is
+dynamic: each freed mapping raises it to that size (up to 32 MiB). After a session load frees its big temporaries, the
+KV cache (48 blocks of 4.9 MB for a Pro-1B image) and the VQ decoder's activations (run without ORT's arena, up to 75
+MB per tensor) come from the heap, and what they free stays resident: measured on the int4 Pro-1B image, the freed KV
+cache (225 MB) was still resident during the VQ decode and the decode's freed tensors piled up: peak RSS 1451 - 2016
+MiB in four runs of the same `generate` command (1.52 - 2.11 GB). A fixed threshold (4 MiB) turns the dynamic
+behaviour off: those buffers are mapped and unmapped, and the peak is the live memory: 1325 - 1342 MiB in two runs (lm
+session + step state ~875 MiB after the loop, the VQ decoder session +245, its run +216). The lm step is not affected
+(69.4 vs 69.5 ms median, two A/B runs in both orders): it makes no mmap/munmap call (strace, 200 steps; its buffers
+come from ORT's arena or are far below the threshold); the VQ decode faults its fresh pages in (+1 s of system time
+per image on 2 cores).
 
 `JANUS_EDGE_MALLOC=default` leaves the C library's defaults alone.
 """
