@@ -67,7 +67,8 @@ class _Eval:
     def __init__(self, model):
         from onnx import numpy_helper, shape_inference
 
-        g = _infer(_shape_model(model), shape_inference).graph
+        inferred = shape_inference.infer_shapes(model, strict_mode=False)
+        g = inferred.graph
         self.shapes = {vi.name: _dims(vi) for vi in (*g.value_info, *g.input, *g.output)}
         self.val: dict[str, np.ndarray] = {}  # symbolic values (object arrays) of small int tensors
         self.elem: dict[str, int] = {vi.name: vi.type.tensor_type.elem_type for vi in (*g.value_info, *g.input,
@@ -121,43 +122,6 @@ class _Eval:
                 return (np.trunc(a / b)).astype(np.int64).astype(object)
             return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op](a, b).astype(object)
         return None
-
-
-def _infer(model, shape_inference):
-    """onnxruntime's symbolic shape inference where installed (it carries the named dims rows / seq / past through
-    the exporter's dynamic Reshapes and broadcasts, where onnx's gives fresh unknown dims after the first layer),
-    else onnx's."""
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception:  # noqa: BLE001 - not installed, or a graph it cannot follow: the plain inference
-        return shape_inference.infer_shapes(model, strict_mode=False)
-
-
-def _shape_model(model):
-    """A data-free copy of the graph for onnx shape inference: initializers become typed inputs, and each
-    com.microsoft MatMulNBits (no ONNX schema: its output shape would be unknown, and with it every shape downstream,
-    i.e. all layers after the first of an int4 `--target ort` graph) a MatMul against a [K, N] input."""
-    from onnx import helper
-
-    g = model.graph
-    nodes, extra = [], []
-    for i, n in enumerate(g.node):
-        if n.op_type == "MatMulNBits" and n.domain == "com.microsoft":
-            b = f"__shape_only_B{i}"
-            extra.append(helper.make_tensor_value_info(b, 1, [_attr(n, "K"), _attr(n, "N")]))
-            n = helper.make_node("MatMul", [n.input[0], b], list(n.output), name=n.name)
-        nodes.append(n)
-    small = [t for t in g.initializer if t.data_type in INT_TYPES and t.data_location != 1
-             and np.prod(t.dims, dtype=np.int64) <= 64]  # shape values: kept (the inference reads them)
-    keep = {t.name for t in small}
-    inits = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer
-             if t.name not in keep]
-    known = {i.name for i in g.input}
-    graph = helper.make_graph(nodes, g.name, [*g.input, *[t for t in inits if t.name not in known], *extra],
-                              list(g.output), small, value_info=list(g.value_info))
-    return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
 
 
 def _reshape_target(data_dims, target) -> np.ndarray | None:
