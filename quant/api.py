@@ -259,7 +259,7 @@ def quantize_bundle(src: str, out: str, opts: QuantOptions | None = None) -> str
             "calibration_s": round(calib_s, 1), "calibration": getattr(calib, "meta", None), "source_manifest_sha256": C.sha256_file(os.path.join(src, C.MANIFEST)),
             "onnx": _version("onnx"), "onnxruntime": _version("onnxruntime")}}
         new.files = {}
-        _write_report(src, tmp, m, new, pol, calib, opts)
+        _write_report(src, tmp, m, new, pol, calib, opts, out)
         new.files = {f: C.sha256_file(os.path.join(tmp, f)) for f in sorted(os.listdir(tmp))
                      if os.path.isfile(os.path.join(tmp, f)) and f != C.MANIFEST}
         new.save(tmp)
@@ -286,8 +286,9 @@ def _version(mod: str) -> str | None:
         return None
 
 
-def _write_report(src, tmp, old, new, pol, calib, opts) -> None:
+def _write_report(src, tmp, old, new, pol, calib, opts, out) -> None:
     """quant_report.json/.md, measured and written by quant/report.py (per graph and end to end)."""
     if report_scope(opts) != "none":
         _log(opts, f"measuring the report ({report_scope(opts)}; quant/report.py) ...")
-        importlib.import_module("janus_edge.quant.report").write_report(src, tmp, old, new, pol, calib, opts)
+        report = importlib.import_module("janus_edge.quant.report")
+        report.write_report(src, tmp, old, new, pol, calib, opts, name=os.path.basename(os.path.abspath(out)))

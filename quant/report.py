@@ -64,7 +64,7 @@ def build_report(src: str, qdir: str, pol: dict | None = None, calib=None, text_
     return data
 
 
-def write_report(src, tmp, old, new, pol, calib, opts) -> None:
+def write_report(src, tmp, old, new, pol, calib, opts, name: str | None = None) -> None:
     """The quantize_bundle hook: the staged bundle gets a provisional manifest (quantize_bundle rewrites it with the
     final file hashes afterwards) so that the runtime can open it, then the report is measured and written."""
     new.files = {f: C.sha256_file(os.path.join(tmp, f)) for f in sorted(os.listdir(tmp))
@@ -75,6 +75,8 @@ def write_report(src, tmp, old, new, pol, calib, opts) -> None:
     knobs = dict((getattr(opts, "extra", None) or {}).get("report", {}))  # test-size knobs (text_tokens, ...)
     knobs["e2e"] = report_scope(opts) == "full"
     data = build_report(src, tmp, pol, calib, **knobs)
+    if name:  # the bundle's final name, not its staging dir's
+        data["bundle"] = name
     save(data, tmp)
 
 

@@ -173,6 +173,7 @@ def test_report_written(int4_bundle):
     with open(os.path.join(int4_bundle, "quant_report.json")) as fh:
         rep = json.load(fh)
     assert os.path.getsize(os.path.join(int4_bundle, "quant_report.md")) > 0
+    assert rep["bundle"] == os.path.basename(int4_bundle)  # the final name, not the staging dir's
     for g in ("lm", "gen_head", "lm_head"):
         r = rep["graphs"][g]
         assert r["precision"] == "int4" and r["weight_bytes_after"] < r["weight_bytes_before"] / 4
