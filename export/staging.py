@@ -68,22 +68,38 @@ def _publish_modes(d: str) -> None:
         os.chmod(os.path.join(d, name), 0o666 & ~umask)
 
 
+_PENDING: list[int] = []  # signals received while staging: the check before publishing re-raises a swallowed one
+
+
+def _raise_for(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+def _on_signal(signum, frame) -> None:
+    _PENDING.append(signum)
+    _raise_for(signum)
+
+
 @contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """While staging, SIGTERM (the default `kill`) exits through the cleanup like Ctrl-C, instead of killing the
-    process on the spot (only where SIGTERM has its default action and this is the main thread)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+def _signals_raise() -> Iterator[None]:
+    """While staging, SIGTERM (the default `kill`) exits through the cleanup like Ctrl-C instead of killing the process
+    on the spot, and both are recorded: a library that swallows the exception a signal raises (seen once under load:
+    an export that went on to publish its bundle after Ctrl-C) cannot make the write complete anyway. Only in the main
+    thread, and only for signals whose handler is Python's default."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    saved = {sig: h for sig, h in ((s, signal.getsignal(s)) for s in defaults) if h == defaults[sig]}
+    for sig in saved:
+        signal.signal(sig, _on_signal)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig, h in saved.items():
+            signal.signal(sig, h)
 
 
 @contextmanager
@@ -93,10 +109,13 @@ def staged_dir(out: str, force: bool, error: type[Exception]) -> Iterator[str]:
     check_target(out, force, error)
     for stale in stale_temps(out):
         shutil.rmtree(stale, ignore_errors=True)
-    with _sigterm_raises():
+    _PENDING.clear()
+    with _signals_raise():
         tmp = tempfile.mkdtemp(prefix=f"{temp_prefix(out)}{os.getpid()}-", dir=os.path.dirname(out))
         try:
             yield tmp
+            if _PENDING:  # a signal's exception was swallowed on the way: do not publish
+                _raise_for(_PENDING[-1])
             _publish_modes(tmp)
             if os.path.lexists(out):
                 check_target(out, force, error)  # it may have appeared while we worked

@@ -89,3 +89,23 @@ def test_crash_mid_export_leaves_nothing(tiny_ckpt, tmp_path):
     with pytest.raises(Exception):
         export_bundle(tiny_ckpt, out, options=ExportOptions(graphs=("vision", "no-such-graph"), progress=False))
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("sig,exc", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)])
+def test_signal_swallowed_by_a_library_still_publishes_nothing(sig, exc, tmp_path):
+    """Code that catches everything (as a library can, around a C call) eats the exception a signal raises; the
+    write must still end without publishing (seen once in CI under load: an export published its bundle after
+    Ctrl-C and exited 0)."""
+    out = str(tmp_path / "bundle")
+    with pytest.raises(exc):
+        with staged_dir(out, False, InputError) as tmp:
+            with open(os.path.join(tmp, "f"), "w") as fh:
+                fh.write("x")
+            try:
+                os.kill(os.getpid(), sig)
+                time.sleep(1)  # the handler runs here
+            except BaseException:  # noqa: BLE001 - the library that swallows it
+                pass
+    assert os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
