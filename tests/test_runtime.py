@@ -77,14 +77,19 @@ def test_cache_and_buffers_are_allocated_before_the_loop(tiny_bundle):
     finally:
         tracemalloc.stop()
     assert at_first_step and len(sizes) == at_first_step[0]  # nothing allocated per step
-    # Retained: bounded (ONNX Runtime's Python binding keeps ~124 B per call until a cache of ~120 blocks is full;
-    # the timing list holds a float per step). Peak: a few times the logits (2 images x 512 codes, fp32), less
-    # than one layer's K cache at its final length (4 rows, fp32), which a per-step cache copy would exceed.
+    # Retained: bounded. ONNX Runtime's Python binding keeps ~100-130 B per run call until a cache of ~120 blocks is
+    # full (measured: onnxruntime 1.23.2 on Python 3.10 kept 102 B per call of each of the 3 graphs, 18-27 KB over
+    # this window, over the 16 KB a flat bound allowed), so that much per call is allowed on top; the timing list
+    # holds a float per step. Peak: a few times the logits (2 images x 512 codes, fp32), less than one layer's K cache
+    # at its final length (4 rows, fp32), which a per-step cache copy would exceed. A per-step copy of the logits
+    # would retain 4 KB a step (~240 KB here) and fail either bound.
     layer_cache_bytes = 4 * p.dims.num_kv_heads * (len(p.prompt_ids("a cat")) + T) * p.dims.head_dim * 4
     logits_bytes = 2 * p.dims.image_vocab_size * 4
+    binding_cache = 128 * 3 * (T - 1 - 3)  # gen_embed, lm, gen_head: one run call each per step in the window
     retained, peak = traced["end"] - traced["start"], traced["peak"] - traced["start"]
-    assert retained < 4 * logits_bytes and peak < min(8 * logits_bytes, layer_cache_bytes / 2), \
-        (retained, peak, logits_bytes, layer_cache_bytes)
+    assert retained < 4 * logits_bytes + binding_cache, (retained, logits_bytes, binding_cache)
+    assert peak < min(8 * logits_bytes, layer_cache_bytes / 2) + binding_cache, \
+        (peak, logits_bytes, layer_cache_bytes, binding_cache)
     d = p.dims
     cache = [s for s in sizes if s == 4 * d.num_kv_heads * (len(p.prompt_ids("a cat")) + d.num_image_tokens) * d.head_dim]
     assert len(cache) == 2 * d.num_layers  # every layer's K and V at the final length, once
