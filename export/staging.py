@@ -85,9 +85,10 @@ def _on_signal(signum, frame) -> None:
 @contextmanager
 def _signals_raise() -> Iterator[None]:
     """While staging, SIGTERM (the default `kill`) exits through the cleanup like Ctrl-C instead of killing the process
-    on the spot, and both are recorded: a library that swallows the exception a signal raises (seen once under load:
-    an export that went on to publish its bundle after Ctrl-C) cannot make the write complete anyway. Only in the main
-    thread, and only for signals whose handler is Python's default."""
+    on the spot, and both are recorded: a library that swallows the exception a signal raises cannot make the write
+    complete anyway (a guard: no such library was caught doing it). Only in the main thread, and only for signals
+    whose handler is Python's default: a process started with SIGINT ignored (a shell's background job) keeps
+    ignoring it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
