@@ -252,24 +252,12 @@ def test_verify_fp16_session_holds_one_fp32_weight_copy(tmp_path):
     stay under 1.4x the weights (the weights paged in + one 16 MB copy); ORT's defaults measured 5.2x."""
     import gc
 
-    from onnx import TensorProto, helper
+    from graph_helpers import fp16_matmul_chain
 
     if not os.path.exists("/proc/self/clear_refs"):
         pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
-    weights = 16 * 2048 * 2048 * 2
-
-    rng, nodes, inits, x = np.random.default_rng(0), [], [], "x"
-    for i in range(16):
-        w = (rng.standard_normal((2048, 2048), dtype=np.float32) * 0.02).astype(np.float16)
-        inits.append(numpy_helper.from_array(w, f"w{i}"))
-        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"]))
-        x = f"h{i}"
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["n", 2048])],
-                          [helper.make_tensor_value_info(x, TensorProto.FLOAT16, ["n", 2048])], inits)
     path = str(tmp_path / "m.onnx")
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path, save_as_external_data=True,
-              location="m.onnx.data", size_threshold=1024)
-    del inits, g, w
+    x, weights = fp16_matmul_chain(path)
     import onnxruntime as ort
 
     from janus_edge.export.verify import session_options

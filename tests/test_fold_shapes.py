@@ -2,7 +2,6 @@
 outputs stay bit-identical at every (rows, seq, past), and quantize applies it to lm."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -11,21 +10,13 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-
-def _lm(bundle):
-    with open(os.path.join(bundle, "manifest.json")) as fh:
-        e = json.load(fh)["graphs"]["lm"]
-    return os.path.join(bundle, e["file"]), e
+from graph_helpers import lm_feeds as _feeds, lm_graph as _lm  # noqa: E402
 
 
-def _feeds(e, rows, seq, past, seed=0):
-    rng = np.random.default_rng(seed)
-    out = {}
-    for t in e["inputs"]:
-        shape = [{"rows": rows, "seq": seq, "past": past}.get(d, d) for d in t["dims"]]
-        out[t["name"]] = (np.tile(np.arange(past, past + seq), (rows, 1)) if t["name"] == "position_ids"
-                          else rng.standard_normal(shape)).astype(t["dtype"])
-    return out
+
+
+
+
 
 
 def _count(m, ops):

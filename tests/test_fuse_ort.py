@@ -4,7 +4,6 @@ shared across layers, the outputs stay equal to the unfused graph to float round
 the bundle runs through Pipeline."""
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 
@@ -13,6 +12,8 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
+
+from graph_helpers import lm_feeds as _feeds, lm_graph as _lm  # noqa: E402
 
 from janus_edge.quant.api import QuantOptions, quantize_bundle  # noqa: E402
 
@@ -31,10 +32,7 @@ def bundles(tiny_bundle, tmp_path_factory):
             _q(tiny_bundle, d / "ort", target="ort", kv_dtype="float16"))
 
 
-def _lm(bundle):
-    with open(os.path.join(bundle, "manifest.json")) as fh:
-        e = json.load(fh)["graphs"]["lm"]
-    return os.path.join(bundle, e["file"]), e
+
 
 
 def _optimized_ops(path, tmp_path) -> Counter:
@@ -49,14 +47,7 @@ def _optimized_ops(path, tmp_path) -> Counter:
     return Counter(n.op_type for n in m.graph.node)
 
 
-def _feeds(e, rows, seq, past, seed=0):
-    rng = np.random.default_rng(seed)
-    out = {}
-    for t in e["inputs"]:
-        shape = [{"rows": rows, "seq": seq, "past": past}.get(d, d) for d in t["dims"]]
-        out[t["name"]] = (np.tile(np.arange(past, past + seq), (rows, 1)) if t["name"] == "position_ids"
-                          else rng.standard_normal(shape)).astype(t["dtype"])
-    return out
+
 
 
 def test_optimized_graph_runs_the_fused_kernels(bundles, tmp_path):

@@ -46,26 +46,16 @@ def test_runtime_fp16_graph_holds_one_fp32_weight_copy(tmp_path):
     import numpy as np
     import pytest
 
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
+    pytest.importorskip("onnx")
+    from graph_helpers import fp16_matmul_chain
 
     from janus_edge.contract import GraphSpec, TensorSpec
     from janus_edge.runtime.ort_backend import OrtBackend
 
     if not os.path.exists("/proc/self/clear_refs"):
         pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
-    weights, rng, nodes, inits, x = 16 * 2048 * 2048 * 2, np.random.default_rng(0), [], [], "x"
-    for i in range(16):
-        inits.append(numpy_helper.from_array((rng.standard_normal((2048, 2048), dtype=np.float32) * 0.02)
-                                             .astype(np.float16), f"w{i}"))
-        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"]))
-        x = f"h{i}"
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["n", 2048])],
-                          [helper.make_tensor_value_info(x, TensorProto.FLOAT16, ["n", 2048])], inits)
     path = str(tmp_path / "m.onnx")
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path, save_as_external_data=True,
-              location="m.onnx.data", size_threshold=1024)
-    del inits, g
+    x, weights = fp16_matmul_chain(path)
     spec = GraphSpec("lm", (TensorSpec("x", "float16", ("n", 2048)),), (TensorSpec(x, "float16", ("n", 2048)),))
     backend, feeds = OrtBackend(threads=1), {"x": np.ones((2, 2048), np.float16)}
     backend.open(path, spec, precision="float16").run(feeds)  # warm-up: ORT's first-run allocations
