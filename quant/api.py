@@ -88,7 +88,7 @@ def list_images(d: str) -> list[str]:
 def report_scope(opts: QuantOptions) -> str:
     """full | graphs | none, from QuantOptions.report (bools of older callers; extra={"report": {"e2e": False}}, the
     older way to ask for the per-graph part only, still means "graphs")."""
-    r = {True: "full", False: "none"}.get(opts.report, opts.report) if isinstance(opts.report, bool) else opts.report
+    r = ("full" if opts.report else "none") if isinstance(opts.report, bool) else opts.report
     if r == "full" and (opts.extra or {}).get("report", {}).get("e2e") is False:
         return "graphs"
     return r

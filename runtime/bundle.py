@@ -45,9 +45,9 @@ class Bundle:
             path = os.path.join(self.path, self.manifest.graphs[name].file)
             try:
                 cfg = (self.manifest.graphs[name].quantization or {}).get("ort_session_config")
-                takes = "session_config" in inspect.signature(self.backend.open).parameters
-                extra = {"session_config": cfg} if cfg and takes else {}
-                if "precision" in inspect.signature(self.backend.open).parameters:  # ort: fp16 graphs' memory options
+                takes = inspect.signature(self.backend.open).parameters
+                extra = {"session_config": cfg} if cfg and "session_config" in takes else {}
+                if "precision" in takes:  # ort: fp16 graphs' memory options
                     extra["precision"] = self.manifest.graphs[name].precision
                 self._graphs[name] = self.backend.open(path, self.specs[name], **extra)
             except Exception as e:  # a graph that passed its sha256 but cannot be opened
