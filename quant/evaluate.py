@@ -248,14 +248,6 @@ def capture_feeds(fp_dir: str, graphs, per_graph: int = 6, image_steps: int = 8)
     return got
 
 
-def _release(bundle, g: str) -> None:
-    """Drop an opened graph's session (Pro-7B: the fp16 lm and its quantized twin need not be held together)."""
-    getattr(bundle, "_graphs", {}).pop(g, None)
-    import gc
-
-    gc.collect()
-
-
 def graph_accuracy(fp, q, feeds: dict[str, list[dict]]) -> dict:
     """Per graph: the fp graph on every feed, its session released, then the quantized one: one of the two
     graphs in memory at a time."""
@@ -265,7 +257,7 @@ def graph_accuracy(fp, q, feeds: dict[str, list[dict]]) -> dict:
             continue
         names = [t.name for t in fp.specs[g].outputs]
         ref = [{n: v for n, v in fp.graph(g).run(f).items() if n in names} for f in lst]
-        _release(fp, g)
+        fp.release(g)  # Pro-7B: the fp16 lm and its quantized twin need not be held together
         cos, mx, top = [], 0.0, 0.0
         for f, a in zip(lst, ref):
             b = q.graph(g).run({k: v.astype(q.specs[g].input(k).dtype) for k, v in f.items()})
@@ -276,7 +268,7 @@ def graph_accuracy(fp, q, feeds: dict[str, list[dict]]) -> dict:
                     continue
                 cos.append(float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-30)))
                 mx, top = max(mx, float(np.abs(x - y).max())), max(top, float(np.abs(x).max()))
-        _release(q, g)
+        q.release(g)
         out[g] = {"calls": len(lst), "cosine_min": round(min(cos), 6), "cosine_mean": round(float(np.mean(cos)), 6),
                   "max_abs_error": round(mx, 6), "max_abs_ref": round(top, 6)}
     return out

@@ -54,6 +54,14 @@ class Bundle:
                 raise BundleError(f"cannot open graph {name} ({path}): {str(e).splitlines()[0][:300]}") from None
         return self._graphs[name]
 
+    def release(self, name: str) -> None:
+        """Close an opened graph's session (a later `graph(name)` opens it again); a graph not open is a no-op.
+        Lets a caller that walks graphs one at a time (the quant report on Pro-7B) hold one session at a time."""
+        if self._graphs.pop(name, None) is not None:
+            import gc
+
+            gc.collect()
+
     @property
     def loaded_graphs(self) -> list[str]:
         return list(self._graphs)

@@ -116,6 +116,17 @@ def test_t2i_never_loads_vision(tiny_bundle):
     assert {"lm", "gen_head", "gen_embed", "vq_decoder"} <= set(p.bundle.loaded_graphs)
 
 
+def test_release_closes_a_graph_and_the_next_use_reopens_it(tiny_bundle):
+    p = Pipeline.from_bundle(tiny_bundle)
+    a = p.generate_image("a cat", temperature=0, decode=False).tokens
+    first = p.bundle.graph("gen_head")
+    p.bundle.release("gen_head")
+    p.bundle.release("vision")  # never opened: nothing to do
+    assert "gen_head" not in p.bundle.loaded_graphs and "lm" in p.bundle.loaded_graphs
+    b = p.generate_image("a cat", temperature=0, decode=False).tokens
+    assert p.bundle.graph("gen_head") is not first and (a == b).all()
+
+
 def test_images_are_transformers_vq_decode_of_the_tokens(pipe, request):
     torch = pytest.importorskip("torch")  # the runtime-only CI venv (no torch) skips the references
     tiny_model = request.getfixturevalue("tiny_model")
