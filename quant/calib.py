@@ -245,16 +245,19 @@ def recording_backend(collector: Collector, graphs=CALIB_GRAPHS, threads: int | 
                 so.add_session_config_entry(k, v)
             return so
 
-        def open(self, path, spec):
-            g = super().open(path, spec)
+        def open(self, path, spec, session_config=None, precision=None):
+            """A calibrated graph is opened once, as its instrumented copy, which also serves the calls that are not
+            observed: one copy of its weights in memory, not two. Its session options are the runtime's for that graph
+            (`graph_options`: fp16 graphs get `low_memory_fp16`, the manifest's session config)."""
             if spec.name not in graphs:
-                return g
+                return super().open(path, spec, session_config=session_config, precision=precision)
+            so = self.graph_options(spec, session_config, precision)
             ipath, extra = instrument(path)
             try:  # the session holds what it needs once created: the temp copy (links, graph) goes at once
-                inst = self.ort.InferenceSession(ipath, self.options(), providers=["CPUExecutionProvider"])
+                inst = self.ort.InferenceSession(ipath, so, providers=["CPUExecutionProvider"])
             finally:
                 shutil.rmtree(os.path.dirname(ipath), ignore_errors=True)
-            return RecordingGraph(g.session, spec, inst, extra, _graph_inputs_as_acts(path))
+            return RecordingGraph(inst, spec, inst, extra, _graph_inputs_as_acts(path))
 
     return RecordingBackend(threads=threads)
 

@@ -92,6 +92,12 @@ class OrtBackend(Backend):
     def open(self, path: str, spec: GraphSpec, session_config: dict | None = None,
              precision: str | None = None) -> Graph:
         """precision: the manifest's `GraphEntry.precision` (float16 graphs get `low_memory_fp16`)."""
+        so = self.graph_options(spec, session_config, precision)
+        sess = self.ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        return OrtGraph(sess, spec)
+
+    def graph_options(self, spec: GraphSpec, session_config: dict | None = None, precision: str | None = None):
+        """The session options `open` gives this graph (also read by quant's calibration backend)."""
         so = self.options()
         if precision == "float16":
             low_memory_fp16(so, self.ort)
@@ -103,8 +109,7 @@ class OrtBackend(Backend):
             so.add_session_config_entry(k, str(v))
         if spec.name in self.no_arena:
             so.enable_cpu_mem_arena = False
-        sess = self.ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        return OrtGraph(sess, spec)
+        return so
 
     def alloc(self, shape: Sequence[int], dtype: str, zero: bool = True) -> np.ndarray:
         return (np.zeros if zero else np.empty)(tuple(shape), dtype=dtype)
