@@ -398,6 +398,19 @@ def _const(model, name: str, arr: np.ndarray):
     return t
 
 
+def scale_in(dtype, s: np.ndarray) -> np.ndarray:
+    """Scales as the graph will hold them: in its float dtype (an fp16 bundle's Q/DQ scales must be fp16, the type
+    of the tensors they meet), rounded up where that dtype rounds down (a smaller scale would clip the top code), and
+    never 0. Returned as float32 values for the encoding, which then matches what the graph dequantizes with."""
+    s = np.asarray(s, np.float32)
+    if np.dtype(dtype) == np.float32:
+        return s
+    r = s.astype(dtype)
+    r = np.where(r.astype(np.float32) < s, np.nextafter(r, np.array(np.inf, dtype)), r)
+    r = np.maximum(r, np.array(np.finfo(dtype).smallest_subnormal, dtype))
+    return r.astype(np.float32)
+
+
 def _replace_init(model, t, arr: np.ndarray) -> None:
     from onnx import numpy_helper
 
@@ -428,13 +441,14 @@ def apply_plans(model, plans: list[GroupPlan], keep: set[str], scheme: Scheme, a
             prod = _producers(model)
             src = prod[target].input[0] if target in prod else target  # through an Identity (tied weights)
             t = inits[src]
-            new = _const(model, p.act + "_norm_w", (graphio.array(t).astype(np.float32) / p.s).astype(np.float32))
+            new = _const(model, p.act + "_norm_w",
+                         (graphio.array(t).astype(np.float32) / p.s).astype(graphio.np_dtype(t.data_type)))
             mul = prod[p.act]
             mul.input[list(mul.input).index(target)] = new.name
         elif kind == "cols":
             col_div[target] = p.s
         else:
-            inv = _const(model, p.act + "_smooth_inv", (1.0 / p.s).astype(np.float32))
+            inv = _const(model, p.act + "_smooth_inv", (1.0 / p.s).astype(_float_dtype(inits, p)))
             out = p.act + "_smoothed"
             _insert_before(model, p.nodes[0], [helper.make_node("Mul", [p.act, inv.name], [out], name=out + "_Mul")])
             for n in p.nodes:
@@ -444,6 +458,7 @@ def apply_plans(model, plans: list[GroupPlan], keep: set[str], scheme: Scheme, a
     zq = scheme.onnx_type
     for p in plans:
         act_in = p.nodes[0].input[0]  # after a smoothing Mul this is the smoothed tensor
+        fdt = _float_dtype(inits, p)  # the graph's float dtype where these MatMuls run (fp16 bundles: fp16)
         qnodes = [n for n in p.nodes if n.name not in keep]
         qnames = {n.name for n in qnodes}
         for n, wname in zip(p.nodes, p.weights):
@@ -459,12 +474,12 @@ def apply_plans(model, plans: list[GroupPlan], keep: set[str], scheme: Scheme, a
                 counts["float"] += 1
                 continue
             sch = scheme if n.name in qnames or keep_as == "weights" else int8_scheme()
-            ws = (np.maximum(np.abs(w).max(0), 1e-12) / sch.qmax).astype(np.float32)
+            ws = scale_in(fdt, np.maximum(np.abs(w).max(0), 1e-12) / sch.qmax)
             q = np.ascontiguousarray(as_kn(n, sch.encode(w, ws)))  # stored as the node reads it
             qt = helper.make_tensor(wname + "_q", sch.onnx_type, list(q.shape), q.tobytes(), raw=True)
             model.graph.initializer.remove(t)
             model.graph.initializer.append(graphio.put(qt))
-            st = _const(model, wname + "_scale", ws)
+            st = _const(model, wname + "_scale", ws.astype(fdt))
             zt = _const_zero(model, wname + "_zp", sch.onnx_type, [len(ws)])
             dq = helper.make_node("DequantizeLinear", [qt.name, st.name, zt], [wname + "_dq"], name=n.name + "_wDQ",
                                   axis=out_axis(n))
@@ -478,13 +493,25 @@ def apply_plans(model, plans: list[GroupPlan], keep: set[str], scheme: Scheme, a
         # common-subexpression pass would merge Q nodes that share their initializers (measured, onnxruntime 1.32).
         for k, n in enumerate(qnodes):
             base = f"{act_in}_{k}"
-            sc = _const(model, base + "_qscale", np.array(p.scale, np.float32))
+            sc = _const(model, base + "_qscale", scale_in(fdt, np.array(p.scale, np.float32)).astype(fdt))
             zp = _const_zero(model, base + "_qzp", zq, [])
             qn = helper.make_node("QuantizeLinear", [act_in, sc.name, zp], [base + "_q"], name=base + "_Q")
             dq = helper.make_node("DequantizeLinear", [base + "_q", sc.name, zp], [base + "_dq"], name=base + "_DQ")
             n.input[0] = base + "_dq"
             _insert_before(model, n, [qn, dq])
     return counts
+
+
+def _is_float16(model) -> bool:
+    """An fp16 graph (an fp16 bundle's): its float inputs are FLOAT16."""
+    from onnx import TensorProto
+
+    return any(i.type.tensor_type.elem_type == TensorProto.FLOAT16 for i in model.graph.input)
+
+
+def _float_dtype(inits: dict, p: GroupPlan):
+    """The float dtype of a group's MatMuls: that of its (first) weight."""
+    return graphio.np_dtype(inits[p.weights[0]].data_type)
 
 
 def _const_zero(model, name: str, qtype: int, shape: list) -> str:
@@ -550,7 +577,14 @@ def quantize_qdq(model, graph: str, calib, opts, scheme: Scheme, act_qmax: float
 def quantize_int8(model, graph: str, calib, opts) -> tuple[object, dict]:
     """The int8 mode function (quant API contract): W8A8 static QDQ -> (model, manifest `quantization` entry)."""
     cfg = config_from(opts, "int8")
+    half = _is_float16(model)
+    if half:  # fp16 Q/DQ scales (the type of the tensors they meet) need opset >= 19
+        from .int4 import to_opset21
+
+        model = to_opset21(model)
     model, q = quantize_qdq(model, graph, calib, opts, int8_scheme(cfg.weight_qmax), 127.0, "int8")
+    if half:
+        q["opset"] = 21
     q["ort_session_config"] = dict(ORT_SESSION_CONFIG) if cfg.weight_qmax > 64 else {}
     if q["gemms_as_matmul_add"]:
         q["ort_session_config"].update(ORT_NO_MATMUL_ADD)

@@ -117,3 +117,39 @@ def test_cli_refuses_an_unknown_report_scope(tiny_bundle_fp16, tmp_path, cli, on
                          str(tmp_path / "q"))
     assert code == 2 and "report scope" in one_error_line(err)
     assert not os.path.exists(tmp_path / "q")
+
+
+@pytest.mark.parametrize("mode", ["int8", "fp8"])
+def test_fp16_bundle_int8_and_fp8_scales_in_fp16(mode, tiny_bundle_fp16, tmp_path):
+    """Calibrated modes of an fp16 bundle: the smoothing constants and every Q/DQ scale are fp16 (the type of the
+    tensors they meet; fp32 ones made an lm that ORT refused to load), the graph is at opset 21, and it runs."""
+    from janus_edge.runtime.bundle import Bundle
+    from janus_edge.runtime.ort_backend import OrtBackend
+    from janus_edge.runtime.pipeline import Pipeline
+
+    calib = {"n_prompts": 2, "image_steps": 4, "n_chats": 1, "chat_tokens": 4, "text_file": None}
+    out = quantize_bundle(tiny_bundle_fp16, str(tmp_path / "q"), QuantOptions(mode=mode, report="graphs",
+                                                                             progress=False, extra={"calib": calib}))
+    m = onnx.load(os.path.join(out, "lm.onnx"), load_external_data=False)
+    assert next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) == 21
+    types = {t.name: t.data_type for t in m.graph.initializer}
+    qdq = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq and {types[n.input[1]] for n in qdq} == {TensorProto.FLOAT16}
+    assert {t for t in types.values() if t in (TensorProto.FLOAT, TensorProto.FLOAT16)} == {TensorProto.FLOAT16}
+    rep = json.load(open(os.path.join(out, "quant_report.json")))
+    for g in ("lm", "gen_head", "lm_head"):
+        assert rep["graphs"][g]["precision"] == mode and rep["graphs"][g]["cosine_min"] > 0.97, g
+    p = Pipeline(Bundle(out, OrtBackend(threads=1)))
+    assert p.generate_image("a red cube", temperature=0, decode=False).tokens.shape == (1, p.dims.num_image_tokens)
+    assert len(list(p.chat_token_ids("what is this?", max_new_tokens=4))) > 0
+
+
+def test_fp16_scales_round_up_and_never_to_zero():
+    from janus_edge.quant.int8 import scale_in
+
+    s = np.array([1e-3, 3.3333e-4, 7.77e-6, 1e-12, 1.0, 123.456], np.float32)
+    r = scale_in(np.float16, s)
+    assert (r >= s).all() and (r > 0).all()  # a scale rounded down would clip the top code
+    assert np.array_equal(r.astype(np.float16).astype(np.float32), r)  # what the fp16 graph holds, exactly
+    assert (r[[0, 1, 4, 5]] / s[[0, 1, 4, 5]] < 1 + 2 ** -10).all()  # one fp16 step at most in the normal range
+    assert np.array_equal(scale_in(np.float32, s), s)
