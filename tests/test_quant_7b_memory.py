@@ -153,3 +153,29 @@ def test_fp16_scales_round_up_and_never_to_zero():
     assert np.array_equal(r.astype(np.float16).astype(np.float32), r)  # what the fp16 graph holds, exactly
     assert (r[[0, 1, 4, 5]] / s[[0, 1, 4, 5]] < 1 + 2 ** -10).all()  # one fp16 step at most in the normal range
     assert np.array_equal(scale_in(np.float32, s), s)
+
+
+def test_a_quantized_graph_failing_type_inference_is_not_published(tiny_bundle_fp16, tmp_path, monkeypatch):
+    """With --report none nothing opens the new graphs, so the rewrite itself is checked (strict type inference)."""
+    from janus_edge.quant import api
+
+    real = api.mode_function
+
+    def with_an_fp32_constant(mode):  # the fault seen: an fp32 constant beside fp16 tensors
+        f = real(mode)
+
+        def g(model, name, calib, opts):
+            model, q = f(model, name, calib, opts)
+            if name != "lm":
+                return model, q
+            mul = next(n for n in model.graph.node if n.op_type == "Mul")
+            model.graph.initializer.append(numpy_helper.from_array(np.ones(1, np.float32), "an_fp32_const"))
+            mul.input[1] = "an_fp32_const"
+            return model, q
+        return g
+
+    monkeypatch.setattr(api, "mode_function", with_an_fp32_constant)
+    with pytest.raises(RuntimeError, match="quantized lm graph fails ONNX type inference"):
+        quantize_bundle(tiny_bundle_fp16, str(tmp_path / "q"), QuantOptions(mode="int4", method="clip", report="none",
+                                                                          progress=False))
+    assert os.listdir(tmp_path) == []
