@@ -206,26 +206,22 @@ def quantize_graph(src: str, tmp: str, entry: C.GraphEntry, name: str, mode: str
             model = kvcache.apply(model, kv_dtype, entry)
             new.inputs, new.outputs = kvcache.io_json(entry, kv_dtype)
         new.external_data = store.save(model)
-    check_types(dst, name)
-    new.weight_bytes = weight_bytes(dst)
+    written = graphio.load(dst)  # the proto only: its weights stay on disk
+    check_types(written, name)
+    new.weight_bytes = sum(graphio.tensor_nbytes(t) for t in written.graph.initializer)
     return new
 
 
-def check_types(path: str, name: str) -> None:
+def check_types(model, name: str) -> None:
     """Strict ONNX type inference of a rewritten graph (its proto only: seconds, no weights read), so a graph no
     runtime can load is never published, also with `--report none` (an fp32 scale beside fp16 tensors was one)."""
     import onnx
 
     try:
-        onnx.shape_inference.infer_shapes(graphio.load(path), check_type=True, strict_mode=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as e:  # noqa: BLE001 - onnx raises several kinds; each means the same here
         raise RuntimeError(f"internal error: the quantized {name} graph fails ONNX type inference, nothing was "
                            f"written: {str(e).splitlines()[0][:300]}") from None
-
-
-def weight_bytes(path: str) -> int:
-    model = graphio.load(path)
-    return sum(graphio.tensor_nbytes(t) for t in model.graph.initializer)
 
 
 def _staging():
