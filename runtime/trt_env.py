@@ -13,7 +13,7 @@ from .trt_engines import check_trt_version
 
 HOW_CUDA = "pip install 'janus-edge[trt]'"
 HOW_TRT = ("on Jetson, JetPack 6.1+ ships it: make the venv with --system-site-packages; on a desktop GPU, install "
-           "NVIDIA's tensorrt wheel from pypi.nvidia.com (README: Jetson and TensorRT)")
+           "NVIDIA's tensorrt wheel from pypi.nvidia.com (docs/tensorrt-jetson.md)")
 
 
 def import_cudart():

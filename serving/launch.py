@@ -5,7 +5,7 @@ per CPython minor version. The stub embeds the system's libpython3.X and takes i
 the first `python3` on PATH, so the venv holding the wheel (and janus-edge, installed in it) must be made from the
 system Python whose libpython3.X.so the stub links (Debian/Ubuntu: /usr/bin/python3.11 + libpython3.11), and its
 bin/ must come first on PATH. A pyenv-built Python of the same minor version mixes its stdlib with the system
-libpython and fails (`_thread.RLock has no _recursion_count`). See README "Serving".
+libpython and fails (`_thread.RLock has no _recursion_count`). See docs/serving.md.
 
     venv: JANUS_EDGE_TRITON_VENV, else <repo root>/.venv-triton, else the running interpreter's prefix.
 """
@@ -64,7 +64,7 @@ def find_triton(venv: str | None = None) -> TritonInstall:
                              None)
     raise BackendUnavailable(f"no tritonserver found (looked in the venv {venv} and on PATH); set up the serving venv: "
                              "/usr/bin/python3.11 -m venv .venv-triton && .venv-triton/bin/pip install nvidia-pytriton "
-                             "-e . (README: Serving)")
+                             "-e . (docs/serving.md)")
 
 
 def free_port() -> int:

@@ -1,5 +1,5 @@
 """A real tritonserver on 127.0.0.1 (free ports) serving the tiny bundle: concurrency, bad requests, disconnects,
-shutdown. Skipped with the reason where tritonserver (the serving venv, README "Serving") or tritonclient is absent;
+shutdown. Skipped with the reason where tritonserver (the serving venv, docs/serving.md) or tritonclient is absent;
 CI sets both up. Bounded: every client call has a timeout, and the servers are stopped at the end."""
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def test_client_disconnect_mid_stream_frees_its_rows(server, pipe):
 
 def _short_chats(srv, count: int) -> None:
     """`count` short streamed chats, 4 at a time, each read to its final response (the client then closes its
-    stream; cancelling it there made tritonserver 2.51 keep the request, and the model, alive: README Serving)."""
+    stream; cancelling it there made tritonserver 2.51 keep the request, and the model, alive: docs/serving.md)."""
     errors: list = []
 
     def run(j):
