@@ -99,7 +99,7 @@ def _generate(a) -> int:
 
     return run_generate(bundle=a.bundle, prompt=a.prompt, out=a.out, n=a.n, cfg=a.cfg, temperature=a.temperature,
                         top_k=a.top_k, top_p=a.top_p, seed=a.seed, tokens_out=a.tokens_out, threads=a.threads,
-                        backend=a.backend)
+                        backend=a.backend, device=a.device)
 
 
 @command("chat")
@@ -107,7 +107,8 @@ def _chat(a) -> int:
     from janus_edge.runtime.cli_support import run_chat
 
     return run_chat(bundle=a.bundle, images=a.image, question=a.question, max_new_tokens=a.max_new_tokens,
-                    temperature=a.temperature, top_p=a.top_p, seed=a.seed, threads=a.threads, backend=a.backend)
+                    temperature=a.temperature, top_p=a.top_p, seed=a.seed, threads=a.threads, backend=a.backend,
+                    device=a.device)
 
 
 @command("triton-repo")
@@ -206,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def runtime_opts(s):
         s.add_argument("--backend", default="ort", choices=["ort", "trt"])
+        s.add_argument("--device", default=None, choices=["cpu", "cuda", "tensorrt"],
+                       help="ort: cpu (default), cuda or tensorrt execution provider (onnxruntime-gpu)")
         s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
         s.add_argument("--seed", type=int, default=None)
         s.add_argument("--top-p", type=float, default=None)

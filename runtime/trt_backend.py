@@ -207,9 +207,10 @@ def shared_context_bytes(sizes: list[int]) -> tuple[int, int]:
 class TrtBackend(Backend):
     name = "trt"
 
-    def __init__(self, threads: int | None = None, need_trt: bool = True):
-        """`need_trt=False`: device buffers, KV append and CUDA graphs only (tests on a GPU without TensorRT)."""
-        env = require(need_trt=need_trt)
+    def __init__(self, threads: int | None = None, need_trt: bool = True, what: str = "backend 'trt'"):
+        """`need_trt=False`: device buffers, KV append and CUDA graphs only (tests on a GPU without TensorRT; the
+        ORT GPU backend, runtime/ort_gpu.py). `what` names the caller in the refusal line."""
+        env = require(what, need_trt=need_trt)
         self.env, self.cudart, self.trt = env, env.cudart, env.trt
         self.device = env.device
         if self.trt is not None:

@@ -198,6 +198,7 @@ def engines(request, tmp_path_factory):
 
 
 @pytest.mark.gpu
+@pytest.mark.trt
 @needs_trt
 def test_engines_dir_records_version_device_profiles(engines):
     from janus_edge.runtime import trt_engines as E
@@ -213,6 +214,7 @@ def test_engines_dir_records_version_device_profiles(engines):
 
 
 @pytest.mark.gpu
+@pytest.mark.trt
 @needs_trt
 def test_every_graph_matches_onnx_runtime(engines, sample_image):
     from janus_edge import Pipeline
@@ -251,6 +253,7 @@ def test_every_graph_matches_onnx_runtime(engines, sample_image):
 
 
 @pytest.mark.gpu
+@pytest.mark.trt
 @needs_trt
 def test_greedy_tokens_equal_ort_and_graph_replay_equals_plain_loop(engines, monkeypatch):
     from janus_edge import Pipeline
@@ -284,6 +287,7 @@ def test_greedy_tokens_equal_ort_and_graph_replay_equals_plain_loop(engines, mon
 
 
 @pytest.mark.gpu
+@pytest.mark.trt
 @needs_trt
 def test_no_host_sync_inside_the_step_loop(engines):
     from janus_edge import Pipeline
@@ -329,6 +333,7 @@ def test_failed_capture_keeps_the_error_and_leaves_the_stream_usable(dev):
 
 
 @pytest.mark.gpu
+@pytest.mark.trt
 @needs_trt
 def test_lm_contexts_share_one_user_managed_buffer(engines):
     from janus_edge import Pipeline
