@@ -93,6 +93,13 @@ def _memory(a) -> int:
                    max_new_tokens=a.max_new_tokens, as_json=a.json)
 
 
+@command("doctor")
+def _doctor(a) -> int:
+    from janus_edge.runtime.doctor import run_cli
+
+    return run_cli(as_json=a.json)
+
+
 @command("generate")
 def _generate(a) -> int:
     from janus_edge.runtime.cli_support import run_generate
@@ -232,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=0.0)
     runtime_opts(s)
 
+    from janus_edge.runtime.doctor import add_parser as add_doctor_parser  # argparse only
+
+    add_doctor_parser(sub)
     from janus_edge.serving.cli import add_serving_parsers  # argparse only
 
     add_serving_parsers(sub)
