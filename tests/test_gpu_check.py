@@ -38,3 +38,18 @@ def test_refuses_without_a_gpu_with_one_error_line_and_builds_nothing(tmp_path):
     assert r.returncode == 2 and len(err) == 1 and err[0].startswith("error: gpu-check needs a usable NVIDIA GPU: ")
     assert "1. build" in r.stdout  # the plan comes first
     assert not (tmp_path / "b").exists()
+
+
+def test_docs_memory_table_is_the_scripts_output():
+    """docs/tensorrt-jetson.md's table is scripts/jetson-memory-table's output (generated, not typed)."""
+    import pytest
+
+    pytest.importorskip("torch", reason="the table counts parameters with torch's meta device (export extra)")
+    r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "jetson-memory-table")], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = open(os.path.join(REPO, "docs", "tensorrt-jetson.md")).read()
+    section = doc.split("<!-- memory-table:begin -->\n")[1].split("\n<!-- memory-table:end -->")[0]
+    assert section == r.stdout.rstrip("\n")
+    rows = [ln for ln in section.splitlines() if ln.startswith("| pro-")]
+    assert len(rows) == 8 and all("no FP8 (sm 8.7)" in ln for ln in rows if "| fp8 |" in ln)
