@@ -220,6 +220,7 @@ class TrtBackend(Backend):
         self.stream = int(check(self.cudart, self.cudart.cudaStreamCreateWithFlags(
             self.cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags"))
         self.pool = _Pool(self.cudart)
+        self.graphs: list[TrtGraph] = []  # opened engines (memory(): what shared context memory saved)
         self.syncs = 0  # host synchronisations (tests: none inside the captured step loop)
         self.meta: dict | None = None
         self.limits: E.Limits | None = None
@@ -244,7 +245,9 @@ class TrtBackend(Backend):
         if engine is None:
             raise BundleError(f"TensorRT cannot deserialize {path} (built by another TensorRT version or GPU?)")
         recorded = self.meta["engines"].get(spec.name, {}).get("profiles") if self.meta else None
-        return TrtGraph(self, engine, spec, recorded)
+        g = TrtGraph(self, engine, spec, recorded)
+        self.graphs.append(g)
+        return g
 
     # ---- buffers ----------------------------------------------------------------------------------------------
     def alloc(self, shape: Sequence[int], dtype: str, zero: bool = True) -> DeviceBuffer:
@@ -366,7 +369,8 @@ class TrtBackend(Backend):
     def memory(self) -> dict:
         free, total = check(self.cudart, self.cudart.cudaMemGetInfo(), "cudaMemGetInfo")
         return {"gpu_used_mb": round((total - free) / 2**20, 1), "gpu_total_mb": round(total / 2**20, 1),
-                "pool_mallocs": self.pool.mallocs}
+                "pool_mallocs": self.pool.mallocs,
+                "shared_context_saved_mb": round(sum(g.scratch_saved for g in self.graphs) / 2**20, 1)}
 
 
 def _load_kernels(cudart, stream: int):

@@ -98,3 +98,18 @@ def test_device_tokens_and_cache_allocated_once(device, tiny_bundle, tmp_path, m
     np.testing.assert_array_equal(again, got)
     if device == "tensorrt":
         assert os.listdir(tmp_path / "cache"), "no engine cached"
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in AVAILABLE, reason="onnxruntime-gpu is installed: no fallback here")
+def test_a_session_that_fell_back_to_the_cpu_is_refused(tiny_bundle):
+    """ORT, asked for CUDAExecutionProvider it cannot start, makes a CPU session with a log line (real here: this
+    onnxruntime has no CUDA provider). The backend's per-session check refuses it. The backend object is made
+    without its GPU setup (none here); `open` runs as on a GPU whose CUDA provider fails to load."""
+    from janus_edge import contract as C
+
+    be = ort_gpu.OrtGpuBackend.__new__(ort_gpu.OrtGpuBackend)
+    be.ort, be.device_name, be.threads, be.stream, be.cache_dir = ort, "cuda", None, 0, None
+    m = C.load_manifest(tiny_bundle)
+    with pytest.raises(BackendUnavailable, match="could not start CUDAExecutionProvider for lm_head .*offered "
+                                                 "CPUExecutionProvider"):
+        be.open(os.path.join(tiny_bundle, m.graphs["lm_head"].file), m.graphs["lm_head"].spec("lm_head"))
