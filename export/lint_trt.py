@@ -249,6 +249,14 @@ def _check_qdq(g: _Graph, node) -> list[str]:
                    f"by a whole block size")
     elif x_shape[-1] % 2:
         out.append("INT4 weight with an odd last dim (TensorRT packs INT4 in pairs)")
+    else:
+        block = max(a // b for a, b in zip(x_shape, s_shape))
+        if block not in T.INT4_BLOCKS:
+            out.append(f"INT4 block size {block}: TensorRT takes blocks of {' or '.join(map(str, T.INT4_BLOCKS))} "
+                       f"(quantize with --target orin/trt, which keeps weights without such a block in float)")
+        v = g.const(scale)
+        if v is not None and not np.all(np.asarray(v, np.float64) > 0):
+            out.append(f"scale {scale!r} has values <= 0: TensorRT's parser requires positive scales")
     return out
 
 
@@ -314,6 +322,16 @@ def check_io(g: _Graph, model, spec: C.GraphSpec | None, graph: str) -> list[Fin
     return out
 
 
+def int4_fp32_warning(g: _Graph, node, graph: str) -> str | None:
+    """INT4 weights with an FP32 scale: the parser imports them (the dequantized weight is FP32, as the scale), but
+    TensorRT documents INT4 weight-only GEMMs with FP16/BF16 activations; an FP32 one is unconfirmed on 10.3."""
+    if node.op_type != "DequantizeLinear" or g.tname(node.input[0]) != "INT4" or g.tname(node.input[1]) != "FP32":
+        return None
+    return (f"{graph}: INT4 weights with FP32 scales (FP32 activations): TensorRT {T.TRT_VERSION}'s parser takes "
+            f"them; an FP32 INT4 weight-only GEMM is not confirmed (TensorRT documents FP16/BF16 ones): for Orin, "
+            f"quantize an fp16 bundle (export --dtype fp16) and confirm with `janus-edge build`")
+
+
 def lint_model(model, graph: str, base_dir: str = "", spec: C.GraphSpec | None = None) -> tuple[list[Finding],
                                                                                                  list[str], int]:
     """(findings, warnings, nodes checked) of one ONNX model."""
@@ -332,6 +350,9 @@ def lint_model(model, graph: str, base_dir: str = "", spec: C.GraphSpec | None =
         count += 1
         for r in check_node(g, node, opset):
             findings.append(Finding(graph, node.name or f"#{count}", node.op_type, r))
+        w = int4_fp32_warning(g, node, graph)
+        if w and w not in warnings:
+            warnings.append(w)
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and g.tname(node.input[0]) == "FP8" or \
                 (node.op_type == "QuantizeLinear" and len(node.input) > 2 and g.tname(node.input[2]) == "FP8"):
             w = f"{graph}: FP8 Q/DQ: the engine needs compute capability >= 8.9 (not Orin)"

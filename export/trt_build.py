@@ -10,7 +10,7 @@ Order: check every input (bundle sha256s, limits, --out, timing-cache path) -> p
 installed) -> in a temp dir beside --out: each graph's plan (progress per engine), manifest.json pointing at the
 plans, engines.json, the tokenizer and text-embedding files -> rename into place. A failed build leaves no --out.
 Strongly typed networks only: precision comes from the graphs (fp16 bundles, Q/DQ bundles), no builder precision
-flags (deprecated in 10.12, gone in 11). The profiles are runtime/trt_engines.py's (the backend checks the same).
+flags (deprecated in 10.12, gone in 11); TF32 (on by default) is cleared for fp32 bundles (flags_to_clear). The profiles are runtime/trt_engines.py's (the backend checks the same).
 """
 from __future__ import annotations
 
@@ -114,13 +114,15 @@ def build_engines(bundle: str, out: str, opts: BuildOptions | None = None) -> st
             profiles = E.profiles_for(g, spec, limits, m.dims)
             t = time.time()
             _log(opts, f"[{i}/{len(build)}] {g}: {m.graphs[g].precision}, {len(profiles)} profile(s) ...")
-            plan, cache = build_plan(trt, logger, os.path.join(bundle, m.graphs[g].file), profiles, opts, cache)
+            clear = flags_to_clear(m.dtype)
+            plan, cache = build_plan(trt, logger, os.path.join(bundle, m.graphs[g].file), profiles, opts, cache,
+                                     clear)
             name = g + E.PLAN_SUFFIX
             with open(os.path.join(tmp, name), "wb") as fh:
                 fh.write(plan)
             files[name] = C.sha256_file(os.path.join(tmp, name))
             engines[g] = {"file": name, "precision": m.graphs[g].precision, "profiles": profiles,
-                          "bytes": len(plan), "build_s": round(time.time() - t, 1)}
+                          "bytes": len(plan), "build_s": round(time.time() - t, 1), "cleared_flags": list(clear)}
             _log(opts, f"[{i}/{len(build)}] {g} done in {time.time() - t:.1f}s ({len(plan) / 2**20:.1f} MiB)")
         graph_files = {f for e in m.graphs.values() for f in (e.file, *e.external_data)}
         for f in m.files:
@@ -158,9 +160,19 @@ def write_timing_cache(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def build_plan(trt, logger, onnx_path: str, profiles: list[dict], opts: BuildOptions, cache):
+def flags_to_clear(activation_dtype: str) -> tuple[str, ...]:
+    """Builder flags turned off for a bundle whose activations are `activation_dtype`. TensorRT enables TF32 by
+    default for fp32 matmuls and convolutions (10-bit mantissa inputs): fp32 graphs (and Q/DQ graphs of an fp32
+    bundle, whose unquantized layers are fp32) would then miss the fp32 parity tolerances. TF32 is no precision
+    flag of the weak-typing API: strongly typed networks honour it."""
+    return ("TF32",) if activation_dtype == "float32" else ()
+
+
+def build_plan(trt, logger, onnx_path: str, profiles: list[dict], opts: BuildOptions, cache,
+               clear: tuple[str, ...] = ()):
     """One engine: parse (external data beside the file), strongly typed, the given profiles, the timing cache.
-    `cache`: the serialized timing cache so far (shared by the graphs of a build); returns (plan, updated cache)."""
+    `cache`: the serialized timing cache so far (shared by the graphs of a build); returns (plan, updated cache).
+    `clear`: BuilderFlag names to turn off (flags_to_clear)."""
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
@@ -168,6 +180,8 @@ def build_plan(trt, logger, onnx_path: str, profiles: list[dict], opts: BuildOpt
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise InputError(f"TensorRT's ONNX parser rejects {onnx_path}: {errs[:500]}")
     config = builder.create_builder_config()
+    for flag in clear:
+        config.clear_flag(getattr(trt.BuilderFlag, flag))
     if opts.workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
     config.set_timing_cache(config.create_timing_cache(bytes(cache)), False)

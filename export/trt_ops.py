@@ -21,6 +21,14 @@ OPSET_MIN, OPSET_MAX = 9, 20  # the documented range; see OPSET_PARSED
 # lint-trt warns for opset 21 and refuses anything above it.
 OPSET_PARSED = 21
 
+# INT4 block quantization as the parser imports it (onnx-tensorrt QuantDequantLinearHelper, 10.1-GA 96e7811, the
+# importer 10.2/10.3 left unchanged in the changelog): the block is inferred from the shapes (scale rank == weight
+# rank, exactly one dim blocked, by a whole block), scales must be positive constants, the zero point all zeros,
+# INT4 weights need an even last dim, and the DequantizeLayer's output type is the scale's type (so an FP32 scale
+# makes an FP32 weight-only GEMM). TensorRT's "Working with Quantized Types": INT4 is weight-only, block sizes 64 and
+# 128, the block on one of the last two dims.
+INT4_BLOCKS = (64, 128)
+
 # ONNX TensorProto element types -> the table's names (None: not a TensorRT type at all).
 ONNX_TYPES: dict[int, str | None] = {
     1: "FP32", 2: "UINT8", 3: "INT8", 4: None, 5: None, 6: "INT32", 7: "INT64", 8: None, 9: "BOOL", 10: "FP16",

@@ -93,13 +93,20 @@ def _memory(a) -> int:
                    max_new_tokens=a.max_new_tokens, as_json=a.json)
 
 
+@command("doctor")
+def _doctor(a) -> int:
+    from janus_edge.runtime.doctor import run_cli
+
+    return run_cli(as_json=a.json)
+
+
 @command("generate")
 def _generate(a) -> int:
     from janus_edge.runtime.cli_support import run_generate
 
     return run_generate(bundle=a.bundle, prompt=a.prompt, out=a.out, n=a.n, cfg=a.cfg, temperature=a.temperature,
                         top_k=a.top_k, top_p=a.top_p, seed=a.seed, tokens_out=a.tokens_out, threads=a.threads,
-                        backend=a.backend)
+                        backend=a.backend, device=a.device)
 
 
 @command("chat")
@@ -107,7 +114,8 @@ def _chat(a) -> int:
     from janus_edge.runtime.cli_support import run_chat
 
     return run_chat(bundle=a.bundle, images=a.image, question=a.question, max_new_tokens=a.max_new_tokens,
-                    temperature=a.temperature, top_p=a.top_p, seed=a.seed, threads=a.threads, backend=a.backend)
+                    temperature=a.temperature, top_p=a.top_p, seed=a.seed, threads=a.threads, backend=a.backend,
+                    device=a.device)
 
 
 @command("triton-repo")
@@ -206,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def runtime_opts(s):
         s.add_argument("--backend", default="ort", choices=["ort", "trt"])
+        s.add_argument("--device", default=None, choices=["cpu", "cuda", "tensorrt"],
+                       help="ort: cpu (default), cuda or tensorrt execution provider (onnxruntime-gpu)")
         s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
         s.add_argument("--seed", type=int, default=None)
         s.add_argument("--top-p", type=float, default=None)
@@ -229,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=0.0)
     runtime_opts(s)
 
+    from janus_edge.runtime.doctor import add_parser as add_doctor_parser  # argparse only
+
+    add_doctor_parser(sub)
     from janus_edge.serving.cli import add_serving_parsers  # argparse only
 
     add_serving_parsers(sub)

@@ -115,6 +115,12 @@ def check_options(opts: QuantOptions) -> dict[str, str | None]:
     b = opts.block_size
     if isinstance(b, bool) or not isinstance(b, int) or b < 16 or b & (b - 1):
         raise InputError(f"block size must be a power of two >= 16, got {b!r}")
+    if opts.target in ("trt", "orin", "ada", "hopper", "thor") and opts.mode == "int4":
+        if b not in (64, 128):  # TensorRT's INT4 block sizes (export/trt_ops.py INT4_BLOCKS)
+            raise InputError(f"--block-size {b}: TensorRT (--target {opts.target}) takes INT4 blocks of 64 or 128")
+        if opts.int8_layers:  # they would be INT8 blocks, which TensorRT does not build
+            raise InputError(f"--int8-layers writes INT8 block quantization, which TensorRT (--target "
+                             f"{opts.target}) does not build; leave it out for this target")
     bad = [k for k in opts.int8_layers if k not in ("q", "k", "v", "o", "gate", "up", "down")]
     if bad:
         raise InputError(f"unknown layer kind {bad[0]!r} in int8 layers; kinds: q,k,v,o,gate,up,down")

@@ -54,11 +54,16 @@ def layer_of(node_name: str) -> tuple[str | None, int | None]:
     return m.group(1), int(m.group(2) or 0)
 
 
-def block_for(k: int, want: int) -> int | None:
-    """The block size used for a weight with K input rows (see the module doc)."""
+TRT_TARGETS = ("trt", "orin", "ada", "hopper", "thor")  # where TensorRT builds the bundle
+TRT_BLOCKS = (64, 128)  # INT4 block sizes TensorRT takes (export/trt_ops.py INT4_BLOCKS)
+
+
+def block_for(k: int, want: int, allowed: tuple[int, ...] | None = None) -> int | None:
+    """The block size used for a weight with K input rows (see the module doc). `allowed`: the only sizes a target
+    takes (TensorRT: 64, 128); a weight none of them divides stays float."""
     b = want
     while b >= 16:
-        if k % b == 0:
+        if k % b == 0 and (allowed is None or b in allowed):
             return b
         b //= 2
     return None
@@ -265,11 +270,12 @@ def quantize_int4(model, graph: str, calib, opts) -> tuple[object, dict]:
     int8_kinds = set(getattr(opts, "int8_layers", ()) or ())
     ort_form = getattr(opts, "target", "any") == "ort"  # MatMulNBits (ORT only) instead of DQ -> MatMul
     write = nbits_weight if ort_form else dq_weight
+    trt_form = getattr(opts, "target", "any") in TRT_TARGETS  # block sizes TensorRT takes only
     kept, counts, blocks = [], {"int4": 0, "int8": 0}, set()
     pairs = weight_matmuls(model)
     for i, (node, t) in enumerate(pairs):
         w = graphio.array(t)
-        block = block_for(w.shape[0], opts.block_size)
+        block = block_for(w.shape[0], opts.block_size, TRT_BLOCKS if trt_form else None)
         if block is None or w.dtype not in (np.float32, np.float16):
             kept.append(node.name)
             continue

@@ -75,11 +75,12 @@ def _save_npy(path: str, a: np.ndarray) -> None:
 
 
 def run_generate(bundle: str, prompt: str, out: str, n: int = 1, cfg: float = 5.0, temperature: float = 1.0,
-                 top_k=None, top_p=None, seed=None, tokens_out=None, threads=None, backend="ort") -> int:
+                 top_k=None, top_p=None, seed=None, tokens_out=None, threads=None, backend="ort",
+                 device=None) -> int:
     paths = output_paths(out, n) if isinstance(n, int) and n >= 1 else [out]
     for p in paths + ([tokens_out] if tokens_out else []):
         check_output(p)
-    pipe = Pipeline.from_bundle(bundle, backend=backend, threads=threads)
+    pipe = Pipeline.from_bundle(bundle, backend=backend, threads=threads, device=device)
     bar = None
     if sys.stdout.isatty():
         from tqdm import tqdm
@@ -106,8 +107,8 @@ def run_generate(bundle: str, prompt: str, out: str, n: int = 1, cfg: float = 5.
 
 
 def run_chat(bundle: str, images: list[str], question: str, max_new_tokens: int = 256, temperature: float = 0.0,
-             top_p=None, seed=None, threads=None, backend="ort") -> int:
-    pipe = Pipeline.from_bundle(bundle, backend=backend, threads=threads)
+             top_p=None, seed=None, threads=None, backend="ort", device=None) -> int:
+    pipe = Pipeline.from_bundle(bundle, backend=backend, threads=threads, device=device)
     for piece in pipe.chat_stream(question, images=images, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_p=top_p, seed=seed):
         sys.stdout.write(piece)

@@ -185,6 +185,10 @@ class CudaKernels:
         _sig(lib.je_cuda_cfg_sample, _I, _P, _I, _I, _I, _I, _F, _F, _I, _D, _U64, _P, _P, _I, _P)
         _sig(lib.je_cuda_add_i64, _I, _P, _I, _I64, _P)
         _sig(lib.je_cuda_broadcast_i64, _I, _P, _I, _P, _I64, _P)
+        if hasattr(lib, "je_cuda_nonfinite"):  # a library built before it: no device sampling (trt_steps.py)
+            _sig(lib.je_cuda_nonfinite, _I, _P, _I, _I64, _P, _P)
+        else:
+            self.nonfinite = None
 
     @staticmethod
     def _check(rc: int, what: str) -> None:
@@ -222,6 +226,55 @@ class CudaKernels:
     def broadcast_i64(self, dst_ptr: int, n: int, src_ptr: int, offset: int = 0, stream: int = 0) -> None:
         """dst[0..n) = *src + offset on the device (e.g. position_ids [rows, 1] from the device position)."""
         self._check(self.lib.je_cuda_broadcast_i64(dst_ptr, n, src_ptr, offset, stream), "broadcast_i64")
+
+
+    def nonfinite(self, x_ptr: int, n: int, flag_ptr: int, dtype: str = "float32", stream: int = 0) -> None:
+        """*flag (a device uint64) = max(*flag, 2 if x[0..n) holds a NaN, 1 if an inf): the finite check of logits
+        that only the device sampler reads. The caller zeroes the flag per request and reads it once at the end."""
+        self._check(self.lib.je_cuda_nonfinite(x_ptr, LOGIT_DTYPES[dtype], n, flag_ptr, stream), "nonfinite")
+
+
+REQUIRE_NATIVE_ENV = "JANUS_EDGE_REQUIRE_NATIVE"
+
+
+def probe_cuda_lib(kernels: "CudaKernels", cudart, stream: int) -> str | None:
+    """One real launch (add_i64 on a device int64, read back): None when the library runs on this GPU and driver,
+    else why not. A library built by a toolkit newer than the driver loads fine and fails every launch
+    (cudaErrorInsufficientDriver, 35): loading alone proves nothing."""
+    from .trt_env import check
+
+    ptr = None
+    try:
+        ptr = int(check(cudart, cudart.cudaMalloc(8), "cudaMalloc(8)"))
+        check(cudart, cudart.cudaMemsetAsync(ptr, 0, 8, stream), "cudaMemsetAsync")
+        kernels.add_i64(ptr, 1, 41, stream)
+        out = np.zeros(1, np.int64)
+        check(cudart, cudart.cudaMemcpyAsync(out.ctypes.data, ptr, 8, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                                             stream), "cudaMemcpyAsync D2H")
+        check(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        if int(out[0]) != 41:
+            return f"the probe kernel wrote {int(out[0])}, expected 41"
+        return None
+    except (RuntimeError, ValueError) as e:
+        return str(e)
+    finally:
+        if ptr is not None:
+            cudart.cudaFree(ptr)
+
+
+def native_decision(problem: str | None, require: bool) -> tuple[bool, str | None]:
+    """(use the native CUDA library?, warning to print) from the probe's result (None: it works). With
+    JANUS_EDGE_REQUIRE_NATIVE=1 a library that is missing or fails its probe is an error, never a fallback."""
+    if problem is None:
+        return True, None
+    if require:
+        raise BackendUnavailable(f"{REQUIRE_NATIVE_ENV}=1 but the native CUDA library cannot run here: {problem}")
+    return False, (f"the native CUDA library cannot run here ({problem}); using the cudaMemcpy2D KV append and host "
+                   f"sampling instead (rebuild it with this machine's CUDA toolkit: cmake -S . -B build)")
+
+
+def require_native() -> bool:
+    return os.environ.get(REQUIRE_NATIVE_ENV) == "1"
 
 
 @functools.lru_cache(maxsize=None)

@@ -39,10 +39,12 @@ class Pipeline:
         self.dims = bundle.dims
 
     @classmethod
-    def from_bundle(cls, path: str, backend: str = "ort", threads: int | None = None) -> "Pipeline":
+    def from_bundle(cls, path: str, backend: str = "ort", threads: int | None = None,
+                    device: str | None = None) -> "Pipeline":
+        """device (backend "ort"): "cpu" (default), "cuda" or "tensorrt" (onnxruntime-gpu, runtime/ort_gpu.py)."""
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be an integer >= 1, got {threads!r}")
-        return cls(Bundle(path, get_backend(backend, threads=threads)))
+        return cls(Bundle(path, get_backend(backend, threads=threads, device=device)))
 
     # ---- text -> image -------------------------------------------------------------------------------------
     def _context_check(self, length: int, new: int, what: str) -> None:

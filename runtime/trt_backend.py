@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from janus_edge.contract import GraphSpec
-from janus_edge.errors import BundleError, InputError
+from janus_edge.errors import BackendUnavailable, BundleError, InputError
 
 from . import trt_engines as E
 from .backend import Backend, Graph
@@ -89,17 +89,40 @@ class TrtGraph(Graph):
             E.check_profiles(spec.name, recorded, [p["shapes"] for p in self.profiles])
         self.contexts: dict[int, object] = {}
         self.bound: dict[int, object] = {}  # profile -> token of the binding currently applied to its context
+        self._scratch: DeviceBuffer | None = None  # shared context memory (several profiles)
+        self.scratch_saved = 0
         self.calls = 0
 
     def _context(self, p: int):
         if p not in self.contexts:
-            ctx = self.engine.create_execution_context()
+            shared = len(self.profiles) > 1  # lm: one context per profile, never running at once (one stream)
+            if shared:
+                ctx = self.engine.create_execution_context(self.be.trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            else:
+                ctx = self.engine.create_execution_context()
             if ctx is None:
                 raise RuntimeError(f"{self.spec.name}: cannot create an execution context (out of device memory?)")
+            if shared:
+                ptr, size = self._shared_memory()
+                set_memory = getattr(ctx, "set_device_memory", None)
+                if set_memory is not None:  # 10.1+: with its size
+                    set_memory(ptr, size)
+                else:
+                    ctx.device_memory = ptr
             if not ctx.set_optimization_profile_async(p, self.be.stream):
                 raise RuntimeError(f"{self.spec.name}: cannot select optimization profile {p}")
             self.contexts[p] = ctx
         return self.contexts[p]
+
+    def _shared_memory(self) -> tuple[int, int]:
+        """One device buffer for the scratch memory of every profile's context (USER_MANAGED): sized for the largest
+        profile (get_device_memory_size_for_profile_v2), allocated once per graph. The default (STATIC) gives each
+        context its own buffer of the engine's largest profile: shared_context_bytes says what this saves."""
+        if self._scratch is None:
+            sizes = profile_memory_sizes(self.engine, len(self.profiles))
+            size, self.scratch_saved = shared_context_bytes(sizes)
+            self._scratch = self.be.alloc((max(size, 1),), "uint8", zero=False)
+        return self._scratch.ptr, self._scratch.nbytes
 
     def _apply(self, p: int, inputs: dict, outputs: dict) -> None:
         ctx = self._context(p)
@@ -163,12 +186,31 @@ class TrtGraph(Graph):
         return {n: np.array(be.read(outs[n])) for n in [t.name for t in self.spec.outputs]}
 
 
+def profile_memory_sizes(engine, n_profiles: int) -> list[int]:
+    """Scratch bytes each optimization profile's context needs (TensorRT 10.1+: ..._for_profile_v2)."""
+    per = getattr(engine, "get_device_memory_size_for_profile_v2", None)
+    if per is None:  # older 10.x: the engine-wide maximum for each
+        size = int(getattr(engine, "device_memory_size_v2", engine.device_memory_size))
+        return [size] * n_profiles
+    return [int(per(p)) for p in range(n_profiles)]
+
+
+def shared_context_bytes(sizes: list[int]) -> tuple[int, int]:
+    """(the one shared buffer, bytes saved against STATIC allocation) for contexts that never run at the same time:
+    STATIC gives every context the engine's largest profile's memory, so n contexts hold n x max; shared: max."""
+    if not sizes:
+        return 0, 0
+    big = max(sizes)
+    return big, big * (len(sizes) - 1)
+
+
 class TrtBackend(Backend):
     name = "trt"
 
-    def __init__(self, threads: int | None = None, need_trt: bool = True):
-        """`need_trt=False`: device buffers, KV append and CUDA graphs only (tests on a GPU without TensorRT)."""
-        env = require(need_trt=need_trt)
+    def __init__(self, threads: int | None = None, need_trt: bool = True, what: str = "backend 'trt'"):
+        """`need_trt=False`: device buffers, KV append and CUDA graphs only (tests on a GPU without TensorRT; the
+        ORT GPU backend, runtime/ort_gpu.py). `what` names the caller in the refusal line."""
+        env = require(what, need_trt=need_trt)
         self.env, self.cudart, self.trt = env, env.cudart, env.trt
         self.device = env.device
         if self.trt is not None:
@@ -178,10 +220,11 @@ class TrtBackend(Backend):
         self.stream = int(check(self.cudart, self.cudart.cudaStreamCreateWithFlags(
             self.cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags"))
         self.pool = _Pool(self.cudart)
+        self.graphs: list[TrtGraph] = []  # opened engines (memory(): what shared context memory saved)
         self.syncs = 0  # host synchronisations (tests: none inside the captured step loop)
         self.meta: dict | None = None
         self.limits: E.Limits | None = None
-        self.kernels = _load_kernels()
+        self.kernels = _load_kernels(self.cudart, self.stream)
         self._pos_buf: DeviceBuffer | None = None  # device position(s) for the native kv_append
         self.use_cuda_graph = os.environ.get("JANUS_EDGE_TRT_CUDA_GRAPH", "1") != "0"
         self._finalizer = weakref.finalize(self, _release, self.cudart, self.pool, self.stream)
@@ -202,7 +245,9 @@ class TrtBackend(Backend):
         if engine is None:
             raise BundleError(f"TensorRT cannot deserialize {path} (built by another TensorRT version or GPU?)")
         recorded = self.meta["engines"].get(spec.name, {}).get("profiles") if self.meta else None
-        return TrtGraph(self, engine, spec, recorded)
+        g = TrtGraph(self, engine, spec, recorded)
+        self.graphs.append(g)
+        return g
 
     # ---- buffers ----------------------------------------------------------------------------------------------
     def alloc(self, shape: Sequence[int], dtype: str, zero: bool = True) -> DeviceBuffer:
@@ -324,19 +369,34 @@ class TrtBackend(Backend):
     def memory(self) -> dict:
         free, total = check(self.cudart, self.cudart.cudaMemGetInfo(), "cudaMemGetInfo")
         return {"gpu_used_mb": round((total - free) / 2**20, 1), "gpu_total_mb": round(total / 2**20, 1),
-                "pool_mallocs": self.pool.mallocs}
+                "pool_mallocs": self.pool.mallocs,
+                "shared_context_saved_mb": round(sum(g.scratch_saved for g in self.graphs) / 2**20, 1)}
 
 
-def _load_kernels():
-    """The native CUDA library (kv_append with a device position, cfg_sample), or None where it is not built."""
+def _load_kernels(cudart, stream: int):
+    """The native CUDA library (kv_append with a device position, cfg_sample), probed with one real launch; None
+    where it is not built or cannot run (a warning says why), an error under JANUS_EDGE_REQUIRE_NATIVE=1."""
+    import warnings
+
+    from . import native
+
     try:
-        from .native import load_cuda_lib
-    except ImportError:
-        return None
-    try:
-        return load_cuda_lib()
-    except Exception:  # BackendUnavailable (not built) or a load failure: the memcpy / host paths remain
-        return None
+        kernels = native.load_cuda_lib()
+    except BackendUnavailable as e:  # not built, or a load failure
+        problem = str(e)
+    else:
+        problem = native.probe_cuda_lib(kernels, cudart, stream)
+    use, warning = native.native_decision(problem, native.require_native())
+    if warning and find_library_built():
+        warnings.warn(warning, RuntimeWarning, stacklevel=3)
+    return kernels if use else None
+
+
+def find_library_built() -> bool:
+    """Warn about a library that exists but fails; a library never built is the documented default: silent."""
+    from . import native
+
+    return native.find_library(native.CUDA_LIB) is not None
 
 
 def _release(cudart, pool: _Pool, stream: int) -> None:

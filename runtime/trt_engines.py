@@ -23,6 +23,7 @@ ENGINES_JSON = "engines.json"
 FORMAT_NAME = "janus-edge-engines"
 FORMAT_VERSION = 1
 MIN_TRT = (10, 3)  # JetPack 6.1/6.2; JetPack 6.0 ships 8.6
+TESTED_TRT_MAJORS = (10,)  # TensorRT 11 (pip's default since 2026) is refused until tested
 FP8_MIN_CC = (8, 9)  # Ada, Hopper, Thor; Orin is 8.7
 PLAN_SUFFIX = ".plan"
 
@@ -116,10 +117,16 @@ def parse_version(v: str) -> tuple[int, int]:
 
 
 def check_trt_version(v: str) -> None:
+    """TensorRT 10.3 <= v < 11: the tested major. TensorRT 11 (what `pip install tensorrt` gives now, CUDA 13) drops
+    Orin on JetPack 6 and the weakly typed API; it is refused until it is tested, with the pin that avoids it."""
     if parse_version(v) < MIN_TRT:
         hint = " (JetPack 6.0 ships 8.6: upgrade to JetPack 6.1 or later)" if parse_version(v)[0] == 8 else ""
         raise BackendUnavailable(f"TensorRT {v} is too old: janus-edge needs TensorRT >= "
                                  f"{MIN_TRT[0]}.{MIN_TRT[1]}{hint}")
+    if parse_version(v)[0] not in TESTED_TRT_MAJORS:
+        raise BackendUnavailable(f"TensorRT {v} is untested: janus-edge supports TensorRT "
+                                 f"{MIN_TRT[0]}.{MIN_TRT[1]} to <{max(TESTED_TRT_MAJORS) + 1}; install "
+                                 f"'janus-edge[trt-cu12]' (tensorrt-cu12>=10.3,<11) or 'janus-edge[trt-cu13]'")
 
 
 def graph_precision(entry: C.GraphEntry) -> str:

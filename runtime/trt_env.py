@@ -11,7 +11,8 @@ from janus_edge.errors import BackendUnavailable
 
 from .trt_engines import check_trt_version
 
-HOW_CUDA = "pip install 'janus-edge[trt]'"
+HOW_CUDA = "pip install 'janus-edge[trt-cu12]' (CUDA 12 drivers, JetPack 6) or 'janus-edge[trt-cu13]' (driver R580+)"
+CUDA_MAJORS = (12, 13)  # cuda-python runtime majors the project is written and pinned against (pyproject extras)
 HOW_TRT = ("on Jetson, JetPack 6.1+ ships it: make the venv with --system-site-packages; on a desktop GPU, install "
            "NVIDIA's tensorrt wheel from pypi.nvidia.com (docs/tensorrt-jetson.md)")
 
@@ -65,6 +66,33 @@ def device_info(cudart, index: int = 0) -> dict:
             "total_memory": int(props.totalGlobalMem)}
 
 
+def cuda_versions(cudart) -> tuple[int, int]:
+    """(runtime, driver) as CUDA encodes them (12060 = 12.6); 0 where the call fails (no driver at all)."""
+    out = []
+    for fn in (cudart.cudaRuntimeGetVersion, cudart.cudaDriverGetVersion):
+        try:
+            err, v = fn()
+            out.append(int(v) if int(err) == 0 else 0)
+        except Exception:
+            out.append(0)
+    return out[0], out[1]
+
+
+def cuda_problem(runtime: int, driver: int) -> str | None:
+    """Why cuda-python's CUDA runtime cannot work with this driver (None: it can). cuda-python 13 needs a driver
+    for CUDA 13 (R580+); JetPack 6 and the 550/570 drivers support CUDA 12 only: every CUDA call then fails, and a
+    GPU machine looks like a machine without a GPU."""
+    rmaj, dmaj = runtime // 1000, driver // 1000
+    if runtime and rmaj not in CUDA_MAJORS:
+        return (f"cuda-python's CUDA runtime {rmaj}.{runtime % 1000 // 10} is untested (janus-edge supports CUDA "
+                f"{' and '.join(map(str, CUDA_MAJORS))}): {HOW_CUDA}")
+    if runtime and driver and dmaj < rmaj:
+        return (f"cuda-python is built for CUDA {rmaj}.{runtime % 1000 // 10} but this driver supports CUDA "
+                f"{dmaj}.{driver % 1000 // 10}: pip install 'janus-edge[trt-cu{dmaj}]' (cuda-python<{dmaj + 1}) "
+                f"or upgrade the driver")
+    return None
+
+
 def probe(need_trt: bool = True) -> TrtEnv:
     env = TrtEnv()
     env.cudart = import_cudart()
@@ -72,9 +100,13 @@ def probe(need_trt: bool = True) -> TrtEnv:
         env.problems.append(f"cuda-python is not installed ({HOW_CUDA})")
     else:
         err, count = env.cudart.cudaGetDeviceCount()
+        versions = cuda_problem(*cuda_versions(env.cudart))
         if int(err) != 0 or not count:
             why = err_name(env.cudart, err) if int(err) != 0 else "0 devices"
-            env.problems.append(f"no usable NVIDIA GPU (cudaGetDeviceCount: {why})")
+            env.problems.append(f"no usable NVIDIA GPU (cudaGetDeviceCount: {why})" +
+                                (f"; {versions}" if versions else ""))
+        elif versions:
+            env.problems.append(versions)
         else:
             try:
                 env.device = device_info(env.cudart)

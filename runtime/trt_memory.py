@@ -46,6 +46,25 @@ def activation_bytes(d: C.ModelDims, rows: int, seq: int, past: int, dtype: str,
     return max(scores + hidden + logits, vq)
 
 
+def request_totals(d: C.ModelDims, dt: str, cache_dt: str, resident: int, lim: E.Limits) -> dict:
+    """Per request kind: rows, cache length, KV, activations and the total with `resident` bytes (weights + text
+    table). Shared by `report` (a bundle on disk) and scripts/jetson-memory-table (model shapes on paper)."""
+    t2i_prompt = 64
+    kinds = {
+        "t2i n=1": (2, t2i_prompt, t2i_prompt + d.num_image_tokens, 1),
+        f"t2i n={lim.max_images}": (lim.max_rows, t2i_prompt, t2i_prompt + d.num_image_tokens, lim.max_images),
+        "chat, 1 image": (1, min(lim.max_prompt_len, d.num_image_tokens + 64),  # no VQ decode in chat
+                          min(lim.max_prompt_len, d.num_image_tokens + 64) + lim.max_new_tokens, 0),
+    }
+    out = {}
+    for k, (rows, seq, length, n) in kinds.items():
+        kv = kv_bytes(d, rows, length, cache_dt)
+        act = activation_bytes(d, rows, seq, length, dt, n)
+        out[k] = {"rows": rows, "cache_len": length, "kv_mib": round(kv / MIB, 1),
+                  "activations_mib": round(act / MIB, 1), "total_mib": round((resident + kv + act) / MIB, 1)}
+    return out
+
+
 def report(path: str, max_images: int = 4, max_prompt_len: int | None = None, max_new_tokens: int = 512) -> dict:
     try:
         m = C.load_manifest(path)
@@ -60,21 +79,8 @@ def report(path: str, max_images: int = 4, max_prompt_len: int | None = None, ma
     weights = {g: int(e.weight_bytes) for g, e in m.graphs.items() if getattr(e, "target", "any") != "ort"}
     te = m.text_embedding
     table = int(np.prod(te.get("shape", [d.vocab_size, d.hidden_size]))) * _es(te.get("dtype", dt))
-    t2i_prompt = 64
-    kinds = {
-        "t2i n=1": (2, t2i_prompt, t2i_prompt + d.num_image_tokens, 1),
-        f"t2i n={lim.max_images}": (lim.max_rows, t2i_prompt, t2i_prompt + d.num_image_tokens, lim.max_images),
-        "chat, 1 image": (1, min(lim.max_prompt_len, d.num_image_tokens + 64),  # no VQ decode in chat
-                          min(lim.max_prompt_len, d.num_image_tokens + 64) + lim.max_new_tokens, 0),
-    }
     w_total = sum(weights.values())
-    requests = {}
-    for k, (rows, seq, length, n) in kinds.items():
-        kv = kv_bytes(d, rows, length, cache_dt)
-        act = activation_bytes(d, rows, seq, length, dt, n)
-        requests[k] = {"rows": rows, "cache_len": length, "kv_mib": round(kv / MIB, 1),
-                       "activations_mib": round(act / MIB, 1),
-                       "total_mib": round((w_total + table + kv + act) / MIB, 1)}
+    requests = request_totals(d, dt, cache_dt, w_total + table, lim)
     return {"bundle": os.path.abspath(path), "dtype": dt, "kv_cache_dtype": cache_dt,
             "precision": {g: e.precision for g, e in m.graphs.items()},
             "weights_mib": {g: round(b / MIB, 1) for g, b in weights.items()},

@@ -18,16 +18,30 @@ math as the ORT backend). JANUS_EDGE_TRT_CUDA_GRAPH=0 runs the same device steps
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
+from .sampling import check_finite
 from .trt_env import check
 
 I64 = 8
 
 
+class CaptureFailed(RuntimeError):
+    """A CUDA-graph capture of the step that did not produce a graph; the message keeps the original error."""
+
+
 def _device_sampling(be, plan) -> bool:
+    """Device sampling needs cfg_sample and the device finite check (the host never sees those logits)."""
     k = be.kernels
-    return k is not None and hasattr(k, "cfg_sample")
+    return k is not None and hasattr(k, "cfg_sample") and getattr(k, "nonfinite", None) is not None
+
+
+def raise_if_nonfinite(worst: int) -> None:
+    """The device flag (2: a NaN, 1: an inf, 0: finite) -> the ORT backend's NumericalError, word for word."""
+    if worst:
+        check_finite(np.array([np.nan if worst >= 2 else np.inf], np.float32), "image-token")
 
 
 def run_image_steps(be, plan) -> np.ndarray | None:
@@ -45,6 +59,7 @@ def run_image_steps(be, plan) -> np.ndarray | None:
     be.write(step_table, np.arange(T, dtype=np.int64))
     pos_dev, step_dev = be.alloc((1,), "int64"), be.alloc((1,), "int64")
     tokens_dev = be.alloc((n, T), "int64") if dev_sample else None
+    bad_dev = be.alloc((1,), "uint64") if dev_sample else None  # finite check of every step's logits (zeroed)
     tokens = np.zeros((n, T), np.int64)
     head_in, hidden = plan.head_in, plan.hidden
     half = hidden.nbytes
@@ -56,6 +71,8 @@ def run_image_steps(be, plan) -> np.ndarray | None:
         plan.run_head()
         if dev_sample:
             s = plan.sampling
+            k.nonfinite(plan.logits.ptr, int(np.prod(plan.logits.shape)), bad_dev.ptr, str(plan.logits.dtype),
+                        be.stream)
             # logits are gen_head's CFG-combined [n, V]: no uncond rows left to combine here
             k.cfg_sample(plan.logits.ptr, n, plan.logits.shape[1], False, 1.0, s.temperature, s.top_k, s.top_p,
                          int(plan.seed), step_dev.ptr, plan.codes.ptr, rows // n, be.stream,
@@ -89,14 +106,19 @@ def run_image_steps(be, plan) -> np.ndarray | None:
     be.copy(step_dev.ptr, step_table.ptr, I64)
     head_and_sample()
     collect(0)
-    exec_graph = None
+    exec_graph, capture_error = None, None
     try:
         for i in range(1, T):
             be.copy(lm.io["position_ids"].ptr, pos_table.ptr + (i - 1) * rows * I64, rows * I64)
             be.copy(pos_dev.ptr, pos_table.ptr + (i - 1) * rows * I64, I64)
             be.copy(step_dev.ptr, step_table.ptr + i * I64, I64)
-            if exec_graph is None and i >= 2 and be.use_cuda_graph:
-                exec_graph = capture(be, step_body)
+            if exec_graph is None and capture_error is None and i >= 2 and be.use_cuda_graph:
+                try:
+                    exec_graph = capture(be, step_body)
+                except CaptureFailed as e:  # nothing of the step ran: run it (and the rest) uncaptured
+                    capture_error = str(e)
+                    warnings.warn(f"{e}; running the image steps without a CUDA graph", RuntimeWarning,
+                                  stacklevel=2)
             if exec_graph is not None:
                 check(be.cudart, be.cudart.cudaGraphLaunch(exec_graph, be.stream), "cudaGraphLaunch")
             else:
@@ -104,27 +126,50 @@ def run_image_steps(be, plan) -> np.ndarray | None:
             after(i)
         lm.pos = pos0 + T - 1
         if dev_sample:
-            tokens = be.read(tokens_dev)  # the one copy to the host
+            tokens = be.read(tokens_dev)  # the one copy to the host (and the finite flag after it)
+            raise_if_nonfinite(int(be.read(bad_dev)[0]))
         else:
             be.synchronize()
     finally:
         if exec_graph is not None:
             be.cudart.cudaGraphExecDestroy(exec_graph)
-    plan.stats.update(cuda_graph=exec_graph is not None, device_sampling=dev_sample, device_kv_append=dev_kv)
+    plan.stats.update(cuda_graph=exec_graph is not None, device_sampling=dev_sample, device_kv_append=dev_kv,
+                      cuda_graph_error=capture_error)
     return tokens
 
 
 def capture(be, body):
-    """Record `body`'s launches on the backend's stream into an instantiated CUDA graph (nothing runs)."""
+    """Record `body`'s launches on the backend's stream into an instantiated CUDA graph (nothing runs).
+
+    A failure while recording (a launch or call that capture forbids, a TensorRT enqueue that allocates) or at
+    EndCapture/Instantiate raises CaptureFailed carrying the original error: the capture is ended first, so the
+    stream is usable again, and nothing of `body` ran, so the caller can run it directly."""
     cu = be.cudart
     check(cu, cu.cudaStreamBeginCapture(be.stream, cu.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
           "cudaStreamBeginCapture")
-    graph = None
     try:
         body()
-    finally:
+    except Exception as e:
+        _end_failed_capture(cu, be.stream)
+        raise CaptureFailed(f"CUDA graph capture of the image step failed: {type(e).__name__}: {e}") from e
+    try:
         graph = check(cu, cu.cudaStreamEndCapture(be.stream), "cudaStreamEndCapture")
+    except RuntimeError as e:  # invalidated by something in body (a sync, a legacy-stream call)
+        raise CaptureFailed(f"CUDA graph capture of the image step failed: {e}") from e
     try:
         return check(cu, cu.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+    except RuntimeError as e:
+        raise CaptureFailed(f"CUDA graph of the image step cannot be instantiated: {e}") from e
     finally:
         cu.cudaGraphDestroy(graph)
+
+
+def _end_failed_capture(cu, stream) -> None:
+    """End a capture whose body raised; its own error (usually 'capture invalidated') must not hide the body's."""
+    try:
+        res = cu.cudaStreamEndCapture(stream)
+        err, graph = (res[0], res[1]) if isinstance(res, tuple) and len(res) > 1 else (res, None)
+        if int(err) == 0 and graph is not None:
+            cu.cudaGraphDestroy(graph)
+    except Exception:
+        pass

@@ -29,6 +29,26 @@ def pytest_runtest_makereport(item, call):
     _fail_import_skip(outcome.get_result())
 
 
+# JANUS_EDGE_REQUIRE_GPU=1 (runs on GPU machines, scripts/gpu-check): a skipped `gpu`-marked test is a failure,
+# so a GPU that cuda-python cannot reach (wrong CUDA major, no driver) fails the run instead of skipping it all.
+REQUIRE_GPU_ENV = "JANUS_EDGE_REQUIRE_GPU"
+
+
+class _RequireGpu:
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        rep = outcome.get_result()
+        if rep.skipped and item.get_closest_marker("gpu") is not None and not hasattr(rep, "wasxfail"):
+            reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+            rep.outcome, rep.longrepr = "failed", f"{REQUIRE_GPU_ENV}=1 and this gpu test skipped: {reason}"
+
+
+def pytest_configure(config):
+    if os.environ.get(REQUIRE_GPU_ENV) == "1":
+        config.pluginmanager.register(_RequireGpu(), "janus-edge-require-gpu")
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> str:
     """A tiny random HF-format Janus checkpoint (seed 0), written once per test session."""

@@ -160,6 +160,21 @@ def test_kv_append_kernel_prefill_chunk_larger_than_one_grid(gpu, host):
         assert np.array_equal(d.get(ptr, c.shape, np.float16), c)
 
 
+def _warm_up(k, d, rows, kvh, max_len, hd, n, V) -> None:
+    """Launch every kernel the capture records once, on scratch buffers, and wait: with lazy module loading
+    (CUDA_MODULE_LOADING=LAZY, the default since CUDA 12.2) a kernel's first launch loads its module, which a
+    stream capture may not do."""
+    cache, new = d.alloc(rows * kvh * max_len * hd * 2), d.alloc(rows * kvh * hd * 2)
+    pos, step = d.put(np.array([0], np.int64)), d.put(np.array([0], np.int64))
+    logits, out = d.put(np.zeros((2 * n, V), np.float32)), d.alloc(rows * 8)
+    k.kv_append([cache], [new], rows, kvh, max_len, 1, hd, pos, "float16", d.s)
+    k.cfg_sample(logits, n, V, True, 3.0, 1.0, 0, 1.0, 0, step, out, rows, d.s)
+    k.add_i64(pos, 1, 1, d.s)
+    if getattr(k, "nonfinite", None) is not None:
+        k.nonfinite(logits, 2 * n * V, d.put(np.zeros(1, np.uint64)), "float32", d.s)
+    d.sync()
+
+
 def test_kernels_in_a_captured_cuda_graph_replay_with_new_positions_and_steps(gpu, host):
     k, d = gpu
     rt = d.rt
@@ -172,6 +187,7 @@ def test_kernels_in_a_captured_cuda_graph_replay_with_new_positions_and_steps(gp
     pos, step = d.put(np.array([0], np.int64)), d.put(np.array([0], np.int64))
     logits = d.alloc(2 * n * V * 4)
     out = d.put(np.zeros(rows, np.int64))
+    _warm_up(k, d, rows, kvh, max_len, hd, n, V)  # first launches load modules: never inside a capture
     d.ok(rt.cudaStreamBeginCapture(d.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
     k.kv_append(cp, newp, rows, kvh, max_len, 1, hd, pos, "float16", d.s)
     k.cfg_sample(logits, n, V, True, 3.0, cfg.temperature, cfg.top_k, cfg.top_p, seed, step, out, rows, d.s)
@@ -198,3 +214,17 @@ def test_kernels_in_a_captured_cuda_graph_replay_with_new_positions_and_steps(gp
     finally:
         rt.cudaGraphExecDestroy(gexec)
         rt.cudaGraphDestroy(graph)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_nonfinite_kernel_flags_nan_over_inf(gpu, dtype):
+    k, d = gpu
+    if getattr(k, "nonfinite", None) is None:
+        pytest.fail("the CUDA library lacks je_cuda_nonfinite: rebuild it (cmake --build build)")
+    for poison, want in ((None, 0), (np.inf, 1), (-np.inf, 1), (np.nan, 2)):
+        x = np.random.default_rng(0).standard_normal((3, 5000)).astype(dtype)
+        if poison is not None:
+            x[2, 4321] = poison
+        flag = d.put(np.zeros(1, np.uint64))
+        k.nonfinite(d.put(x), x.size, flag, np.dtype(dtype).name, d.s)
+        assert int(d.get(flag, 1, np.uint64)[0]) == want, (poison, dtype)

@@ -3,6 +3,7 @@ reason elsewhere): device buffers, KV append and CUDA-graph capture without Tens
 tiny bundles against ONNX Runtime, greedy tokens, CUDA-graph replay against the plain loop, host syncs per step."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -36,9 +37,10 @@ def test_pipeline_refuses_with_the_missing_pieces(tiny_bundle):
     assert "\n" not in msg and msg.startswith("backend 'trt' cannot run here: ")
     for problem in trt_env.probe().problems:
         assert problem in msg
-    if trt_env.import_cudart() is not None:  # cuda-bindings installed: the driver query really ran
+    if NO_GPU is not None and trt_env.import_cudart() is not None:  # the driver query really ran and failed
         assert "no usable NVIDIA GPU (cudaGetDeviceCount: cuda" in msg
-    assert "tensorrt is not installed" in msg and "--system-site-packages" in msg
+    if importlib.util.find_spec("tensorrt") is None:  # a GPU machine without TensorRT gets only this line
+        assert "tensorrt is not installed" in msg and "--system-site-packages" in msg
 
 
 def test_missing_cuda_python_is_named(monkeypatch):
@@ -46,7 +48,7 @@ def test_missing_cuda_python_is_named(monkeypatch):
         monkeypatch.setitem(sys.modules, mod, None)  # makes `import` fail as if not installed
     assert trt_env.import_cudart() is None
     env = trt_env.probe()
-    assert any(p.startswith("cuda-python is not installed (pip install 'janus-edge[trt]')") for p in env.problems)
+    assert any(p.startswith("cuda-python is not installed (pip install 'janus-edge[trt-cu12]'") for p in env.problems)
 
 
 @pytest.mark.skipif(NO_TRT is None, reason="TensorRT and a GPU are present")
@@ -196,6 +198,7 @@ def engines(request, tmp_path_factory):
 
 
 @pytest.mark.gpu
+@pytest.mark.trt
 @needs_trt
 def test_engines_dir_records_version_device_profiles(engines):
     from janus_edge.runtime import trt_engines as E
@@ -211,6 +214,7 @@ def test_engines_dir_records_version_device_profiles(engines):
 
 
 @pytest.mark.gpu
+@pytest.mark.trt
 @needs_trt
 def test_every_graph_matches_onnx_runtime(engines, sample_image):
     from janus_edge import Pipeline
@@ -249,18 +253,31 @@ def test_every_graph_matches_onnx_runtime(engines, sample_image):
 
 
 @pytest.mark.gpu
+@pytest.mark.trt
 @needs_trt
 def test_greedy_tokens_equal_ort_and_graph_replay_equals_plain_loop(engines, monkeypatch):
     from janus_edge import Pipeline
 
+    from janus_edge.runtime import decode
+    from trt_compare import MARGIN, greedy_divergence
+
     bundle, eng = engines
     kw = dict(n=2, cfg_weight=5.0, temperature=0.0, seed=0, decode=False)
+    logits, real = [], decode.sample
+
+    def spy(lg, cfg, rng, step=0, images=None):  # the reference's CFG-combined logits, step by step
+        logits.append(np.array(lg, np.float32))
+        return real(lg, cfg, rng, step, images)
+
+    monkeypatch.setattr(decode, "sample", spy)
     want = Pipeline.from_bundle(bundle).generate_image("a red fox in snow", **kw).tokens
+    monkeypatch.setattr(decode, "sample", real)
     trt = Pipeline.from_bundle(eng, backend="trt")
     got = trt.generate_image("a red fox in snow", **kw).tokens
-    if trt.bundle.dtype == "float32" and "int" not in trt.bundle.manifest.graphs["lm"].precision:
-        np.testing.assert_array_equal(got, want)
-    else:  # reduced precision: the first tokens agree, later ones may drift
+    if "int" not in trt.bundle.manifest.graphs["lm"].precision:  # fp32 (TF32 off) and fp16: equal up to a near tie
+        problem = greedy_divergence(want, got, logits, MARGIN[trt.bundle.dtype])
+        assert problem is None, problem
+    else:  # quantized: the first tokens agree, later ones may drift
         assert np.mean(got == want) > 0.5
     monkeypatch.setenv("JANUS_EDGE_TRT_CUDA_GRAPH", "0")
     plain = Pipeline.from_bundle(eng, backend="trt").generate_image("a red fox in snow", **kw).tokens
@@ -270,6 +287,7 @@ def test_greedy_tokens_equal_ort_and_graph_replay_equals_plain_loop(engines, mon
 
 
 @pytest.mark.gpu
+@pytest.mark.trt
 @needs_trt
 def test_no_host_sync_inside_the_step_loop(engines):
     from janus_edge import Pipeline
@@ -282,3 +300,48 @@ def test_no_host_sync_inside_the_step_loop(engines):
     counts = []
     trt.generate_image("a fox", n=1, temperature=1.0, seed=3, decode=False, on_step=lambda i: counts.append(be.syncs))
     assert counts[-1] == counts[1], "a host sync happened between decode steps"
+
+
+# ---- GPU readiness (issue 23): device paths of the fixes whose logic tests/test_gpu_readiness.py checks on the CPU --
+@pytest.mark.gpu
+@needs_gpu
+def test_native_library_passes_its_launch_probe(dev):
+    from janus_edge.runtime import native
+
+    if native.find_library(native.CUDA_LIB) is None:
+        pytest.skip("the native CUDA library is not built (cmake; runtime/native.py)")
+    assert native.probe_cuda_lib(native.load_cuda_lib(), dev.cudart, dev.stream) is None
+    assert dev.kernels is not None
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_failed_capture_keeps_the_error_and_leaves_the_stream_usable(dev):
+    from janus_edge.runtime.trt_steps import CaptureFailed, capture
+
+    a, b = dev.alloc((4,), "int64"), dev.alloc((4,), "int64")
+    dev.write(a, np.arange(4))
+
+    def body():
+        dev.copy(b.ptr, a.ptr, a.nbytes)
+        raise ValueError("boom in the step")
+
+    with pytest.raises(CaptureFailed, match="ValueError: boom in the step"):
+        capture(dev, body)
+    dev.copy(b.ptr, a.ptr, a.nbytes)  # the stream runs work again, uncaptured
+    np.testing.assert_array_equal(dev.read(b), np.arange(4))
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+@needs_trt
+def test_lm_contexts_share_one_user_managed_buffer(engines):
+    from janus_edge import Pipeline
+
+    _, eng = engines
+    trt = Pipeline.from_bundle(eng, backend="trt")
+    trt.generate_image("a fox", n=1, temperature=0.0, seed=0, decode=False)
+    lm = trt.bundle.graph("lm")
+    assert sorted(lm.contexts) == [0, 1] and lm._scratch is not None
+    sizes = [int(lm.engine.get_device_memory_size_for_profile_v2(p)) for p in (0, 1)]
+    assert lm._scratch.nbytes == max(sizes) and lm.scratch_saved == max(sizes)

@@ -11,6 +11,7 @@ import pytest
 from janus_edge import contract as C
 from janus_edge.errors import BackendUnavailable, BundleError, InputError
 from janus_edge.runtime import trt_engines as E
+from janus_edge.runtime import trt_env
 
 DIMS = C.ModelDims(hidden_size=2048, num_layers=24, num_heads=16, num_kv_heads=16, head_dim=128, vocab_size=102400,
                    image_vocab_size=16384, num_image_tokens=576, image_size=384, max_position_embeddings=16384)
@@ -62,9 +63,12 @@ def test_select_profile_prefers_the_step_profile_and_names_the_limit():
         E.select_profile(profs, {**shapes(1), "inputs_embeds": (4, 1, 2048)})
 
 
-def test_trt_version_floor():
-    for ok in ("10.3.0.26", "10.13.2", "11.0"):
+def test_trt_version_floor_and_ceiling():
+    for ok in ("10.3.0.26", "10.13.2", "10.15.1"):
         E.check_trt_version(ok)
+    for untested in ("11.0", "11.4.0.106"):  # pip's `tensorrt` today: refused, with the pin that avoids it
+        with pytest.raises(BackendUnavailable, match=r"untested.*10\.3 to <11.*trt-cu12"):
+            E.check_trt_version(untested)
     with pytest.raises(BackendUnavailable, match="JetPack 6.0"):
         E.check_trt_version("8.6.2.3")
     with pytest.raises(BackendUnavailable, match=">= 10.3"):
@@ -140,6 +144,7 @@ def test_profile_mismatch_is_refused():
         E.check_profiles("g", rec, [{}, {}])
 
 
+@pytest.mark.skipif(trt_env.probe().ok, reason="a GPU and TensorRT are present: `build` would build")
 def test_build_without_gpu_or_tensorrt_exits_2_and_writes_nothing(cli, one_error_line, tiny_bundle, tmp_path):
     out = tmp_path / "engines"
     code, stdout, err = cli("build", tiny_bundle, "--out", out, "--timing-cache", tmp_path / "tc.bin")

@@ -184,3 +184,25 @@ def test_quantized_bundles_for_tensorrt_are_clean(mode, tiny_bundle, tmp_path):
     dq = sum(1 for g in ("lm", "gen_head") for n in onnx.load(os.path.join(out, f"{g}.onnx")).graph.node
              if n.op_type == "DequantizeLinear")
     assert dq > 0  # the lint saw Q/DQ graphs, not a copy of the float bundle
+
+
+def test_int4_blocks_tensorrt_does_not_take_are_refused_and_fp32_scales_warned():
+    """TensorRT's INT4 blocks are 64 or 128 (export/trt_ops.py INT4_BLOCKS); FP32 scales make an FP32 weight-only
+    GEMM, which the parser imports but TensorRT does not document: a warning."""
+    lines, warnings = _lint(_int4_weight([256, 64], [8, 64]))  # block 32
+    assert len(lines) == 1 and "'dq_w' (DequantizeLinear)" in lines[0] and "INT4 block size 32" in lines[0], lines
+    lines, warnings = _lint(_int4_weight([256, 64], [4, 64]))  # block 64
+    assert lines == [] and any("FP32 scales" in w and "fp16" in w for w in warnings), warnings
+
+
+def test_trt_targets_refuse_int4_forms_tensorrt_does_not_build():
+    api = pytest.importorskip("janus_edge.quant.api", reason="quantization not in this checkout")
+    from janus_edge.errors import InputError
+    from janus_edge.quant.int4 import TRT_BLOCKS, block_for
+
+    assert block_for(96, 128) == 32 and block_for(96, 128, TRT_BLOCKS) is None  # kept float for TensorRT
+    assert block_for(576, 128, TRT_BLOCKS) == 64 and block_for(5632, 128, TRT_BLOCKS) == 128
+    for kw, match in (({"block_size": 32}, "blocks of 64 or 128"), ({"int8_layers": ("down",)}, "INT8 block")):
+        with pytest.raises(InputError, match=match):
+            api.check_options(api.QuantOptions(mode="int4", target="orin", **kw))
+    api.check_options(api.QuantOptions(mode="int4", target="orin", block_size=64))

@@ -64,4 +64,15 @@ int je_emu_cfg_sample(const void* logits, int dtype, int n_images, int vocab, in
   return 0;
 }
 
+int je_emu_nonfinite(const void* x, int dtype, int64_t n, unsigned long long* flag) {
+  if (!x || !flag || n < 1 || (dtype != 0 && dtype != 1)) return -1;
+  emu::launch(dim3{finite_blocks((uint64_t)n), 1, 1}, dim3{kFiniteThreads, 1, 1}, [&] {
+    if (dtype == 0)
+      nonfinite_kernel<uint32_t, 0x7f800000u, 0x007fffffu>((const uint32_t*)x, (uint64_t)n, flag);
+    else
+      nonfinite_kernel<uint16_t, (uint16_t)0x7c00u, (uint16_t)0x03ffu>((const uint16_t*)x, (uint64_t)n, flag);
+  });
+  return 0;
+}
+
 }  // extern "C"

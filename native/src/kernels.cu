@@ -251,6 +251,27 @@ __global__ void broadcast_i64_kernel(int64_t* dst, int n, const int64_t* src, in
   if (i < n) dst[i] = *src + offset;
 }
 
+// ---- finite check of logits the device sampler reads (the host never sees them): *flag = max(*flag, worst),
+// worst 2 = a NaN, 1 = an inf (no NaN), 0 = all finite. Classified by bits (exponent all ones), so float32 and
+// float16 need no conversion and fast-math cannot fold the test away.
+template <typename U, U kExp, U kMan>
+__global__ void nonfinite_kernel(const U* x, uint64_t n, unsigned long long* flag) {
+  unsigned long long worst = 0;
+  for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+    const U b = x[i];
+    if ((b & kExp) == kExp) {
+      const unsigned long long k = (b & kMan) ? 2ull : 1ull;
+      if (k > worst) worst = k;
+    }
+  }
+  if (worst) atomicMax(flag, worst);
+}
+constexpr int kFiniteThreads = 256;
+inline unsigned finite_blocks(uint64_t n) {
+  uint64_t b = (n + kFiniteThreads - 1) / kFiniteThreads;
+  return (unsigned)(b < 1024 ? (b ? b : 1) : 1024);
+}
+
 }  // namespace
 
 #ifndef JE_CUDA_EMULATION
@@ -314,6 +335,20 @@ int je_cuda_cfg_sample(const void* logits, int dtype, int n_images, int vocab, i
   else
     cfg_sample_kernel<__half><<<n_images, kThreads, 0, s>>>((const __half*)logits, n_images, vocab,
         has_uncond ? 1 : 0, cfg_weight, temperature, top_k, top_p, seed, step, out, rows_per_image);
+  return (int)cudaGetLastError();
+}
+
+// *flag = max(*flag, 2 if x[0..n) holds a NaN, 1 if an inf); dtype 0 = float32, 1 = float16. The flag is device
+// memory the caller zeroes once per request and reads once at its end (the device-sampling path's NaN check).
+int je_cuda_nonfinite(const void* x, int dtype, int64_t n, unsigned long long* flag, void* stream) {
+  if (!x || !flag || n < 1 || (dtype != 0 && dtype != 1)) return -1;
+  cudaStream_t s = (cudaStream_t)stream;
+  if (dtype == 0)
+    nonfinite_kernel<uint32_t, 0x7f800000u, 0x007fffffu><<<finite_blocks(n), kFiniteThreads, 0, s>>>(
+        (const uint32_t*)x, (uint64_t)n, flag);
+  else
+    nonfinite_kernel<uint16_t, (uint16_t)0x7c00u, (uint16_t)0x03ffu><<<finite_blocks(n), kFiniteThreads, 0, s>>>(
+        (const uint16_t*)x, (uint64_t)n, flag);
   return (int)cudaGetLastError();
 }
 
