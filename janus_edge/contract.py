@@ -297,6 +297,8 @@ def check_external_data(bundle_dir: str, m: Manifest, graph: str) -> None:
     """Every external-data file a graph's .onnx names lies inside the bundle and is one the manifest lists for that
     graph (so its sha256 was checked); refused before the graph is opened."""
     e = m.graphs[graph]
+    if not e.file.endswith(".onnx"):  # a TensorRT plan (engines dir) names no external data
+        return
     for loc in dict.fromkeys(external_data_locations(os.path.join(bundle_dir, e.file))):
         why = inside(os.path.dirname(os.path.join(bundle_dir, e.file)), loc)
         if why is not None:

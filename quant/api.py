@@ -242,15 +242,19 @@ def estimate_bytes(src: str, m: C.Manifest, pol: dict, block_size: int) -> int:
     for name, e in m.graphs.items():
         files = [e.file, *e.external_data]
         seen.update(files)
-        size = sum(os.path.getsize(os.path.join(src, f)) for f in files)
+        size = sum(_size(os.path.join(src, f)) for f in files)
         mode = pol.get(name)
         if mode:
             w = min(int(e.weight_bytes), size)
             per = BYTES_PER_WEIGHT[mode] + (4 / max(1, block_size) if mode == "int4" else 0)
             size = size - w + int(w / es * per)
         total += size
-    total += sum(os.path.getsize(os.path.join(src, f)) for f in m.files if f not in seen)
+    total += sum(_size(os.path.join(src, f)) for f in m.files if f not in seen)
     return int(total * 1.02) + 16 * 10**6
+
+
+def _size(path: str) -> int:
+    return os.path.getsize(path) if os.path.isfile(path) else 0  # a missing file: the sha256 check says so next
 
 
 def quantize_bundle(src: str, out: str, opts: QuantOptions | None = None) -> str:
@@ -263,12 +267,12 @@ def quantize_bundle(src: str, out: str, opts: QuantOptions | None = None) -> str
     check_target(out, opts.force, InputError)
     if os.path.abspath(out) == os.path.abspath(src):
         raise InputError("--out must differ from the source bundle")
+    need = estimate_bytes(src, m, pol, opts.block_size)
+    check_space(out, need, "the quantized bundle", InputError)  # before the sha256 checks and the calibration
     try:
         C.check_files(src, m)
     except C.ContractError as e:
         raise BundleError(str(e)) from None
-    need = estimate_bytes(src, m, pol, opts.block_size)
-    check_space(out, need, "the quantized bundle", InputError)  # before the (slow) calibration
     kv = opts.kv_dtype if opts.kv_dtype and opts.kv_dtype != m.dtype else None
     _log(opts, f"policy: {P.describe(pol)}; kv cache: {opts.kv_dtype or m.dtype}")
     calib = calibrate(src, pol, opts) if needs_calibration(pol, opts) else None
