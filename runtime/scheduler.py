@@ -32,8 +32,8 @@ import numpy as np
 from janus_edge.errors import InputError, JanusEdgeError
 
 from . import memory, prompts
-from .trt_memory import activation_bytes
 from .sampling import SamplingConfig, SeededSampler, cfg_combine, check_finite, sample
+from .trt_memory import activation_bytes
 
 
 class Busy(JanusEdgeError):

@@ -165,8 +165,9 @@ def test_a_plain_and_an_external_data_bundle_still_run(cli, tiny_bundle, ext_bun
         assert code == 0, err
 
 
-@pytest.mark.parametrize("rel,why", [("a/b.onnx", None), ("a/../b.onnx", "a '..' path"), ("/etc/passwd", "an absolute path"),
-                                     ("", "not a file name"), (3, "not a file name")])
+@pytest.mark.parametrize("rel,why", [("a/b.onnx", None), ("a/../b.onnx", "a '..' path"),
+                                     ("/etc/passwd", "an absolute path"), ("", "not a file name"),
+                                     (3, "not a file name")])
 def test_inside(rel, why, tmp_path):
     got = C.inside(str(tmp_path), rel)
     assert got == why
