@@ -24,7 +24,7 @@ from janus_edge.errors import InputError
 from .checkpoint import TOKENIZER_FILES, LoadedCheckpoint, load_checkpoint, open_checkpoint
 from .graphs import build_module
 from .stream_export import STREAMED, gather_external, trace_with_weight_inputs, weights_to_initializers
-from .staging import check_target, staged_dir
+from .staging import check_space, check_target, staged_dir
 
 
 EXAMPLE_SIZES = {"rows": 2, "n": 2, "seq": 3, "past": 5}  # >1 each, so the tracer keeps them symbolic
@@ -168,6 +168,8 @@ def export_bundle(checkpoint: str, out: str, dtype: str = "float32", force: bool
     if opts.dtype not in TORCH_DTYPES:
         raise InputError(f"unsupported --dtype {opts.dtype!r}; choose one of {', '.join(TORCH_DTYPES)}")
     check_target(out, opts.force, InputError)  # before the (slow) checkpoint load
+    need = estimate_bytes(checkpoint, opts.dtype)
+    check_space(out, need, "the bundle", InputError)
     t0 = time.time()
     if opts.streaming:
         from .stream import return_freed_memory
@@ -175,7 +177,7 @@ def export_bundle(checkpoint: str, out: str, dtype: str = "float32", force: bool
         return_freed_memory()
     ck = (open_checkpoint if opts.streaming else load_checkpoint)(checkpoint, dtype=opts.dtype)
     _log(opts, f"loaded {ck.format} checkpoint {checkpoint} in {time.time() - t0:.1f}s")
-    with staged_dir(out, opts.force, InputError) as tmp:
+    with staged_dir(out, opts.force, InputError, need=need, what="the bundle") as tmp:
         write_bundle(ck, tmp, opts).save(tmp)
     _log(opts, f"bundle written to {out} in {time.time() - t0:.1f}s")
     if opts.progress:  # TensorRT parseability, as a warning (the bundle stays valid for ONNX Runtime)
@@ -183,6 +185,23 @@ def export_bundle(checkpoint: str, out: str, dtype: str = "float32", force: bool
 
         warn_after(out, "export")
     return out
+
+
+def estimate_bytes(checkpoint: str, dtype: str) -> int:
+    """What an export of `checkpoint` in `dtype` writes, from its weight files alone (no load): every parameter once
+    at the export dtype's size (safetensors headers; a .bin counts its file size), plus 2% and 16 MB for the graphs'
+    protos, the tokenizer and the manifest. 0 when the checkpoint has no readable weight files (the load says why)."""
+    from .checkpoint import _weight_files
+    from .stream_io import SafetensorsFile
+
+    try:
+        files = _weight_files(checkpoint) if os.path.isdir(checkpoint) else []
+        size = TORCH_DTYPES[dtype].itemsize
+        total = sum(sum(int(np.prod(shape)) for _, shape, _ in SafetensorsFile(f).entries.values()) * size
+                    if f.endswith(".safetensors") else os.path.getsize(f) for f in files)
+    except Exception:  # noqa: BLE001 - a broken checkpoint: its load, next, says what is wrong with it
+        return 0
+    return int(total * 1.02) + 16 * 10**6
 
 
 def text_table(ck: LoadedCheckpoint, dtype: torch.dtype) -> np.ndarray:

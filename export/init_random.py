@@ -247,10 +247,12 @@ def init_random(preset: str, out: str, seed: int = 0, force: bool = False, dtype
         raise CheckpointError(f"unknown dtype {dtype!r} (choose from {', '.join(_DTYPES)})")
     out = os.path.abspath(out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    with staged_dir(out, force, CheckpointError) as tmp:
+    config = make_config(preset)
+    layout = next(random_tensors(config, _DTYPES[dtype], seed))  # a meta-device model: shapes only
+    need = sum(nbytes(shape, dt) for _, dt, shape in layout) + 16 * 10**6  # + config, tokenizer, processor files
+    with staged_dir(out, force, CheckpointError, need=need, what="the checkpoint") as tmp:
         t0 = time.time()
         _log(f"writing {preset} with random weights (seed {seed}, {dtype}) to {out}")
-        config = make_config(preset)
         n = write_random_weights(config, tmp, _DTYPES[dtype], seed)
         _log(f"{n / 1e6:.1f}M parameters written in {time.time() - t0:.1f} s")
         config.architectures = ["JanusForConditionalGeneration"]

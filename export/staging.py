@@ -4,9 +4,15 @@ target, then rename it into place, replacing an old one only once the new one is
 Interruptions: an exception, Ctrl-C (SIGINT) or SIGTERM removes the temp dir and leaves `out` as it was. A
 process killed outright (SIGKILL, power loss) cannot clean up; its temp dir is named `.{out name}.tmp-{pid}-XXXX`,
 and the next staged write to the same `out` removes such dirs whose process no longer runs on this machine.
+
+Disk space: `staged_dir(..., need=BYTES, what=...)` refuses at once when the estimate of what will be written does not
+fit the free space of the output's filesystem (`check_space`), and a disk that fills anyway (the estimate is an
+estimate; another process writes too) becomes one error naming the output, the file being written, the space needed
+and the space free, after the temp dir is removed.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -29,6 +35,57 @@ def check_target(out: str, force: bool, error: type[Exception]) -> None:
         os.rmdir(tempfile.mkdtemp(prefix=".janus-edge-probe-", dir=parent))
     except OSError as e:
         raise error(f"cannot write in the output's parent directory {parent}: {e.strerror or e}") from None
+
+
+def fmt_bytes(b: int) -> str:
+    return f"{b / 1e9:.2f} GB" if b >= 10**9 else f"{b / 1e6:.1f} MB"
+
+
+def check_space(out: str, need: int, what: str, error: type[Exception], shown: str | None = None) -> None:
+    """Refuse (error) when `need` bytes of `what` cannot fit the free space beside `out` (where it is staged);
+    `shown`: the path the message names (the final output, when `out` is its temp dir)."""
+    parent = os.path.dirname(os.path.abspath(out))
+    free = shutil.disk_usage(parent).free
+    if need > free:
+        raise error(f"not enough disk space for {what} at {shown or out}: it needs ~{fmt_bytes(need)}, {parent} has "
+                    f"{fmt_bytes(free)} free")
+
+
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def disk_full(e: BaseException) -> OSError | bool:
+    """The OSError (or True, for a library's own wrapping of it) when `e` comes from a full disk or quota."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL:
+            return e
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _newest_file(d: str) -> str | None:
+    files = [os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs]
+    files = [f for f in files if os.path.isfile(f)]
+    return os.path.relpath(max(files, key=os.path.getmtime), d) if files else None
+
+
+def _full_error(out: str, tmp: str, e: BaseException, need: int | None, what: str, error: type[Exception]):
+    """The one-line error for a disk that filled while `what` was written into `tmp` (called before tmp is removed)."""
+    full = disk_full(e)
+    name = getattr(full, "filename", None) if isinstance(full, OSError) else None
+    inside = isinstance(name, str) and os.path.abspath(name).startswith(tmp + os.sep)  # (copyfile names its source)
+    name = os.path.relpath(os.path.abspath(name), tmp) if inside else _newest_file(tmp)
+    written = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(tmp) for f in fs)
+    shutil.rmtree(tmp, ignore_errors=True)
+    parent = os.path.dirname(out)
+    free = shutil.disk_usage(parent).free
+    needs = f"it needs ~{fmt_bytes(need)}" if need else f"{fmt_bytes(written)} were written when it filled"
+    return error(f"disk full writing {what} to {out} (file {name or '?'}): {needs}, {parent} has {fmt_bytes(free)} "
+                 "free; nothing was kept")
 
 
 def temp_prefix(out: str) -> str:
@@ -104,10 +161,14 @@ def _signals_raise() -> Iterator[None]:
 
 
 @contextmanager
-def staged_dir(out: str, force: bool, error: type[Exception]) -> Iterator[str]:
-    """`with staged_dir(out, force, InputError) as tmp:` write into tmp; on success it becomes `out`."""
+def staged_dir(out: str, force: bool, error: type[Exception], need: int | None = None,
+               what: str = "the output") -> Iterator[str]:
+    """`with staged_dir(out, force, InputError) as tmp:` write into tmp; on success it becomes `out`.
+    `need`: the bytes it will write (an estimate), checked against the free space first; `what`: for messages."""
     out = os.path.abspath(out)
     check_target(out, force, error)
+    if need:
+        check_space(out, need, what, error)
     for stale in stale_temps(out):
         shutil.rmtree(stale, ignore_errors=True)
     _PENDING.clear()
@@ -126,6 +187,8 @@ def staged_dir(out: str, force: bool, error: type[Exception]) -> Iterator[str]:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, out)
-        except BaseException:
+        except BaseException as e:
+            if not isinstance(e, error) and disk_full(e):
+                raise _full_error(out, tmp, e, need, what, error) from None
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -227,7 +227,7 @@ def init_trained_lm(out: str, seed: int = 0, force: bool = False, gguf: str | No
     if not os.path.isfile(path):
         raise CheckpointError(f"GGUF file {path} does not exist")
     out = os.path.abspath(out)
-    with staged_dir(out, force, CheckpointError) as tmp:
+    with staged_dir(out, force, CheckpointError, what="the checkpoint") as tmp:
         t0 = time.time()
         _log(f"reading {path}")
         reader = _reader(path)

@@ -222,7 +222,92 @@ def load_manifest(bundle_dir: str) -> Manifest:
             data = json.load(fh)
     except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
         raise ContractError(f"cannot read {path}: {e}") from None
-    return Manifest.from_json(data)
+    m = Manifest.from_json(data)
+    check_contained(bundle_dir, m)
+    return m
+
+
+def manifest_paths(m: Manifest) -> list[tuple[str, Any]]:
+    """(what, path) of every file the manifest names: graph files and sidecars, the tables, the sha256 list."""
+    out: list[tuple[str, Any]] = []
+    for g, e in m.graphs.items():
+        out += [(f"graph {g} file", e.file), *((f"graph {g} external data", x) for x in e.external_data)]
+    for what, d in (("text_embedding", m.text_embedding), ("tokenizer", m.tokenizer)):
+        if isinstance(d, dict) and "file" in d:
+            out.append((f"{what} file", d["file"]))
+    out += [("files entry", f) for f in m.files]
+    return out
+
+
+def inside(root: str, rel: Any) -> str | None:
+    """Why `rel` is not a file path inside the directory `root` (None when it is): not a plain relative path,
+    a `..` component, or a symlink (of it or of a directory on the way) resolving outside `root`."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel:
+        return "not a file name"
+    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or os.path.splitdrive(rel)[0]:
+        return "an absolute path"
+    if ".." in rel.replace("\\", "/").split("/"):
+        return "a '..' path"
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(root, rel))
+    if os.path.commonpath([real_root, real]) != real_root:
+        return f"a symlink resolving to {real}"
+    return None
+
+
+def check_contained(bundle_dir: str, m: Manifest) -> None:
+    """A bundle reads only files inside its own directory: refuse a manifest naming any other (before any is read)."""
+    for what, rel in manifest_paths(m):
+        why = inside(bundle_dir, rel)
+        if why is not None:
+            raise ContractError(f"bundle {bundle_dir}: manifest {what} {rel!r} is {why}, outside the bundle directory; "
+                                "a bundle reads only files inside itself")
+
+
+_LOCATION = b"\n\x08location\x12"  # ONNX StringStringEntryProto: key "location" (field 1), then the value (field 2)
+
+
+def external_data_locations(path: str, chunk: int = 1 << 24) -> list[str]:
+    """The external-data `location`s an .onnx file names, read from its protobuf bytes (no onnx import: the runtime
+    may not have it). The key-value entry's wire form is fixed, so a byte search finds every one."""
+    found: list[str] = []
+    tail = b""
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            buf, cut = tail + block, -1
+            i = buf.find(_LOCATION)
+            while i >= 0:
+                j, n, shift = i + len(_LOCATION), 0, 0
+                while j < len(buf) and shift < 35:  # the value's length, a varint
+                    n, shift, j = n | (buf[j] & 0x7F) << shift, shift + 7, j + 1
+                    if not buf[j - 1] & 0x80:
+                        break
+                if j + n >= len(buf) and block:  # the entry runs past this chunk: go on with the next one
+                    cut = i
+                    break
+                found.append(buf[j:j + n].decode("utf-8", "replace"))
+                i = buf.find(_LOCATION, j + n)
+            if not block:
+                return found
+            tail = buf[cut:] if cut >= 0 else buf[-(len(_LOCATION) - 1):]
+
+
+def check_external_data(bundle_dir: str, m: Manifest, graph: str) -> None:
+    """Every external-data file a graph's .onnx names lies inside the bundle and is one the manifest lists for that
+    graph (so its sha256 was checked); refused before the graph is opened."""
+    e = m.graphs[graph]
+    if not e.file.endswith(".onnx"):  # a TensorRT plan (engines dir) names no external data
+        return
+    for loc in dict.fromkeys(external_data_locations(os.path.join(bundle_dir, e.file))):
+        why = inside(os.path.dirname(os.path.join(bundle_dir, e.file)), loc)
+        if why is not None:
+            raise ContractError(f"bundle {bundle_dir}: graph {graph} ({e.file}) names external data {loc!r}, {why}, "
+                                "outside the bundle directory; a bundle reads only files inside itself")
+        rel = os.path.normpath(os.path.join(os.path.dirname(e.file), loc)).replace(os.sep, "/")
+        if rel not in e.external_data:
+            raise ContractError(f"bundle {bundle_dir}: graph {graph} ({e.file}) names external data {loc!r}, which "
+                                "its manifest entry does not list (so no sha256 covers it)")
 
 
 def sha256_file(path: str, chunk: int = 1 << 22) -> str:

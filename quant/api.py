@@ -231,9 +231,36 @@ def check_types(model, name: str) -> None:
 
 
 def _staging():
-    from janus_edge.export.staging import check_target, staged_dir
+    from janus_edge.export.staging import check_space, check_target, staged_dir
 
-    return check_target, staged_dir
+    return check_target, staged_dir, check_space
+
+
+BYTES_PER_WEIGHT = {"int8": 1.0, "fp8": 1.0, "int4": 0.5}
+
+
+def estimate_bytes(src: str, m: C.Manifest, pol: dict, block_size: int) -> int:
+    """What quantizing `src` with policy `pol` writes: float graphs and other files copied at their size; a quantized
+    graph's weights at the mode's bytes per weight (int4: + an fp16 scale and zero point per block) and the rest of
+    its files as they are; plus 2% and 16 MB (report, manifest)."""
+    es = 2 if m.dtype == "float16" else 4
+    total, seen = 0, set()
+    for name, e in m.graphs.items():
+        files = [e.file, *e.external_data]
+        seen.update(files)
+        size = sum(_size(os.path.join(src, f)) for f in files)
+        mode = pol.get(name)
+        if mode:
+            w = min(int(e.weight_bytes), size)
+            per = BYTES_PER_WEIGHT[mode] + (4 / max(1, block_size) if mode == "int4" else 0)
+            size = size - w + int(w / es * per)
+        total += size
+    total += sum(_size(os.path.join(src, f)) for f in m.files if f not in seen)
+    return int(total * 1.02) + 16 * 10**6
+
+
+def _size(path: str) -> int:
+    return os.path.getsize(path) if os.path.isfile(path) else 0  # a missing file: the sha256 check says so next
 
 
 def quantize_bundle(src: str, out: str, opts: QuantOptions | None = None) -> str:
@@ -242,10 +269,12 @@ def quantize_bundle(src: str, out: str, opts: QuantOptions | None = None) -> str
     t0 = time.time()
     pol = check_options(opts)
     m = check_source(src)
-    check_target, staged_dir = _staging()
+    check_target, staged_dir, check_space = _staging()
     check_target(out, opts.force, InputError)
     if os.path.abspath(out) == os.path.abspath(src):
         raise InputError("--out must differ from the source bundle")
+    need = estimate_bytes(src, m, pol, opts.block_size)
+    check_space(out, need, "the quantized bundle", InputError)  # before the sha256 checks and the calibration
     try:
         C.check_files(src, m)
     except C.ContractError as e:
@@ -254,7 +283,7 @@ def quantize_bundle(src: str, out: str, opts: QuantOptions | None = None) -> str
     _log(opts, f"policy: {P.describe(pol)}; kv cache: {opts.kv_dtype or m.dtype}")
     calib = calibrate(src, pol, opts) if needs_calibration(pol, opts) else None
     calib_s = time.time() - t0
-    with staged_dir(out, opts.force, InputError) as tmp:
+    with staged_dir(out, opts.force, InputError, need=need, what="the quantized bundle") as tmp:
         graphs = {}
         for i, (name, entry) in enumerate(m.graphs.items(), 1):
             t = time.time()

@@ -42,6 +42,10 @@ class Bundle:
         """Open a graph on first use (its files' sha256 checked then): t2i never loads `vision`."""
         if name not in self._graphs:
             self._check(C.graph_files(self.manifest, name))
+            try:
+                C.check_external_data(self.path, self.manifest, name)
+            except C.ContractError as e:
+                raise BundleError(str(e)) from None
             path = os.path.join(self.path, self.manifest.graphs[name].file)
             try:
                 cfg = (self.manifest.graphs[name].quantization or {}).get("ort_session_config")

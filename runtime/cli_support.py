@@ -30,13 +30,18 @@ def _pil_saves(ext: str) -> bool:
     return Image.registered_extensions().get(ext.lower()) in Image.SAVE
 
 
-def check_output(path: str) -> None:
-    """Before any slow work: `path` is not a directory and its directory exists and takes a new file."""
+def check_output(path: str, probed: set | None = None) -> None:
+    """Before any slow work: `path` is not a directory and its directory exists and takes a new file (probed once per
+    directory when `probed`, the set of directories done, is given)."""
     d = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(d):
         raise InputError(f"output directory does not exist: {d}")
     if os.path.isdir(path):
         raise InputError(f"output path is a directory: {path}")
+    if probed is not None:
+        if d in probed:
+            return
+        probed.add(d)
     try:
         fd, probe = tempfile.mkstemp(prefix=".janus-edge-", dir=d)
         os.close(fd)
@@ -78,8 +83,9 @@ def run_generate(bundle: str, prompt: str, out: str, n: int = 1, cfg: float = 5.
                  top_k=None, top_p=None, seed=None, tokens_out=None, threads=None, backend="ort",
                  device=None) -> int:
     paths = output_paths(out, n) if isinstance(n, int) and n >= 1 else [out]
+    probed: set = set()
     for p in paths + ([tokens_out] if tokens_out else []):
-        check_output(p)
+        check_output(p, probed)
     pipe = Pipeline.from_bundle(bundle, backend=backend, threads=threads, device=device)
     bar = None
     if sys.stdout.isatty():

@@ -198,9 +198,3 @@ def run_cli(as_json: bool = False) -> int:
         print(f"{mark}{f.name:<{width}}  {f.value}")
     print(line)
     return code
-
-
-def add_parser(sub) -> None:
-    s = sub.add_parser("doctor", help="what this machine can run: Python, GPU, CUDA, TensorRT, onnxruntime, native "
-                                      "libraries; a verdict (exit 0 when the CPU path works)")
-    s.add_argument("--json", action="store_true")

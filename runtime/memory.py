@@ -54,3 +54,50 @@ def trim_heap() -> None:
     libc = _libc()
     if libc is not None and os.environ.get("JANUS_EDGE_MALLOC") != "default":
         libc.malloc_trim(0)
+
+
+# ---- refusing a request larger than the memory there is ---------------------------------------------------------
+# A request's KV cache and activations are allocated at its start (the cache once, at its final size): one far larger
+# than the memory available would only be ended by the kernel's OOM killer (exit 137, no message; on a Jetson the
+# board can freeze first). It is refused up front instead, with the arithmetic of `janus-edge memory` (trt_memory.py).
+# JANUS_EDGE_MEMORY_CHECK=0 turns the refusal off (a machine whose swap the user means to use).
+
+def available_bytes() -> int | None:
+    """Memory a new allocation can get without swapping: MemAvailable of /proc/meminfo (Linux: free + reclaimable
+    page cache), else the free physical pages (sysconf), else None (unknown: no check)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def request_bytes(dims, dtype: str, cache_dtype: str, rows: int, seq: int, length: int, n_images: int) -> int:
+    """KV cache (`rows` x `length` slots) + the largest transient of one call (`janus-edge memory`'s estimate)."""
+    from .trt_memory import activation_bytes, kv_bytes
+
+    return kv_bytes(dims, rows, length, cache_dtype) + activation_bytes(dims, rows, seq, length, dtype, n_images)
+
+
+def check_fits(need: int, what: str, backend=None) -> None:
+    """InputError when `need` bytes exceed the memory available (the backend's device memory where it has its own,
+    `free_memory()`, else the host's)."""
+    if os.environ.get("JANUS_EDGE_MEMORY_CHECK", "1") == "0":
+        return
+    probe = getattr(backend, "free_memory", None)
+    avail, where = (probe(), "device memory") if probe is not None else (available_bytes(), "memory")
+    if avail is not None and need > avail:
+        from janus_edge.errors import InputError
+
+        raise InputError(f"{what} needs ~{_gib(need)} (KV cache + activations) but only {_gib(avail)} of {where} is "
+                         f"available; ask for less (JANUS_EDGE_MEMORY_CHECK=0 skips this check)")
+
+
+def _gib(b: int) -> str:
+    return f"{b / 2**30:.2f} GiB ({b} bytes)" if b >= 2**30 else f"{b / 2**20:.1f} MiB ({b} bytes)"

@@ -52,6 +52,12 @@ class Pipeline:
         if length + new > limit:
             raise InputError(f"{what} of {length} tokens + {new} new tokens exceeds the model context ({limit})")
 
+    def _memory_check(self, rows: int, seq: int, length: int, n_images: int, what: str) -> None:
+        """Refuse (InputError) a request whose KV cache + activations exceed the memory available (memory.py)."""
+        m = self.bundle.manifest
+        need = memory.request_bytes(self.dims, m.dtype, m.kv_cache_dtype or m.dtype, rows, seq, length, n_images)
+        memory.check_fits(need, what, self.bundle.backend)
+
     def prompt_ids(self, prompt: str) -> list[int]:
         return prompts.t2i_ids(self.bundle, prompt)
 
@@ -67,6 +73,9 @@ class Pipeline:
         ids = self.prompt_ids(prompt) if prompt is not None else \
             prompts.check_ids(input_ids, self.dims.vocab_size).tolist()
         self._context_check(len(ids), self.dims.num_image_tokens, "prompt")
+        rows, length = (2 * int(n) if cfg_weight != 1 else int(n)), len(ids) + self.dims.num_image_tokens
+        self._memory_check(rows, len(ids), length, int(n) if decode else 0,
+                           f"a request for {n} image(s) ({rows} rows x {length} cache slots)")
         uncond = prompts.uncond_ids(ids, self.bundle.tokens) if cfg_weight != 1 else None
         rng = SeededSampler(seed)
         t0 = time.perf_counter()
@@ -133,6 +142,8 @@ class Pipeline:
         sampling = SamplingConfig(temperature, top_k, top_p).validate()
         ids, emb = self.chat_inputs(question, images)
         self._context_check(len(ids), max_new_tokens, "chat prompt")
+        self._memory_check(1, len(ids), len(ids) + max_new_tokens, 0,
+                           f"a chat of {len(ids)} prompt + {max_new_tokens} new tokens")
         return generate_text(self.bundle, emb, max_new_tokens, sampling, SeededSampler(seed),
                              self.stop_ids())
 

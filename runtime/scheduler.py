@@ -31,8 +31,9 @@ import numpy as np
 
 from janus_edge.errors import InputError, JanusEdgeError
 
-from . import prompts
+from . import memory, prompts
 from .sampling import SamplingConfig, SeededSampler, cfg_combine, check_finite, sample
+from .trt_memory import activation_bytes
 
 
 class Busy(JanusEdgeError):
@@ -170,6 +171,8 @@ class Scheduler:
         from janus_edge import contract as C
 
         cdt = self.b.specs["lm"].input(C.PAST_KEY.format(i=0)).dtype  # fp16 cache in quantized bundles
+        memory.check_fits(memory.request_bytes(d, dt, cdt, R, 1, self.max_len, 0),
+                          f"a decode pool of {R} rows x {self.max_len} cache slots", be)
         # The cache is bound as [k, kvh, cap, D]: the first k (active) rows and only cap slots, the filled prefix of
         # the longest row rounded up to the backend's chunk (attention reads ~what is filled, not max_len slots per
         # row: at 8 rows x 960 slots the whole buffer is 3 GB a step on Pro-1B fp32); backends with cache_chunk 0
@@ -241,6 +244,8 @@ class Scheduler:
         sampling = (sampling or SamplingConfig()).validate()
         ids = prompts.check_ids(prompt_ids, self.d.vocab_size).tolist()
         guided = cfg_weight != 1
+        if n * (2 if guided else 1) > self.rows:  # before the n rows' embeddings are made (n may be huge)
+            raise InputError(f"the request needs {n * (2 if guided else 1)} rows; this server's pool has {self.rows}")
         rows_ids = [ids] * n + ([prompts.uncond_ids(ids, self.b.tokens)] * n if guided else [])
         h = Handle(self, "t2i")
         req = _Req(h, "t2i", self.b.embed_text(np.asarray(rows_ids, np.int64)), sampling,
@@ -269,6 +274,8 @@ class Scheduler:
             raise InputError(f"{what} + {req.max_new} new tokens exceeds the context ({limit})")
         if req.nrows > self.rows:
             raise InputError(f"the request needs {req.nrows} rows; this server's pool has {self.rows}")
+        S = req.embeds.shape[1]  # its cache is the pool's (allocated); its prefill's transients are new
+        memory.check_fits(activation_bytes(self.d, req.nrows, S, S, self.b.dtype, 0), f"the prefill of {what}", self.be)
         with self._lock:
             if self._stopping:
                 raise Busy("server is shutting down")

@@ -366,6 +366,10 @@ class TrtBackend(Backend):
 
         return run_image_steps(self, plan)
 
+    def free_memory(self) -> int:
+        """Free device memory in bytes (the runtime refuses a request larger than this: memory.check_fits)."""
+        return int(check(self.cudart, self.cudart.cudaMemGetInfo(), "cudaMemGetInfo")[0])
+
     def memory(self) -> dict:
         free, total = check(self.cudart, self.cudart.cudaMemGetInfo(), "cudaMemGetInfo")
         return {"gpu_used_mb": round((total - free) / 2**20, 1), "gpu_total_mb": round(total / 2**20, 1),

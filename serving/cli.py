@@ -10,27 +10,30 @@ import time
 
 
 def _repo_args(s) -> None:
-    s.add_argument("bundle")
+    s.add_argument("bundle", help="bundle (or engines directory with --backend trt) to serve")
     s.add_argument("--rows", type=int, default=8,
-                   help="LM rows in the decode pool (an image with guidance takes 2, a chat 1); default 8")
+                   help="LM rows in the decode pool (an image with guidance takes 2, a chat 1)")
     s.add_argument("--max-len", type=int, default=None,
                    help="cache slots per row: the longest prompt + new tokens (default: image tokens + 384)")
     s.add_argument("--max-queue", type=int, default=16, help="requests waiting for rows before 'busy' errors")
-    s.add_argument("--backend", default="ort", choices=["ort", "trt"])
+    s.add_argument("--backend", default="ort", choices=["ort", "trt"],
+                   help="ort: ONNX Runtime on a bundle; trt: TensorRT on an engines directory")
     s.add_argument("--threads", type=int, default=None, help="CPU threads of the ORT sessions (default: all cores)")
 
 
-def add_serving_parsers(sub) -> None:
-    s = sub.add_parser("triton-repo", help="write a Triton model repository (t2i + streaming chat) for a bundle")
+def add_serving_parsers(sub, make=None) -> None:
+    """`triton-repo` and `serve`; `make(sub, name, help)` makes a subparser (janus_edge/cli_args.py's _cmd)."""
+    make = make or (lambda sub, name, help: sub.add_parser(name, help=help))
+    s = make(sub, "triton-repo", "write a Triton model repository (t2i + streaming chat) for a bundle")
     _repo_args(s)
     s.add_argument("--out", required=True, help="model repository directory to write")
-    s.add_argument("--force", action="store_true", help="replace an existing --out")
+    s.add_argument("--force", action="store_true", help="replace an existing --out (default: refuse)")
 
-    s = sub.add_parser("serve", help="serve a bundle through tritonserver (HTTP + gRPC) until Ctrl-C")
+    s = make(sub, "serve", "serve a bundle through tritonserver (HTTP + gRPC) until Ctrl-C")
     _repo_args(s)
-    s.add_argument("--http-port", type=int, default=8000)
-    s.add_argument("--grpc-port", type=int, default=8001)
-    s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--http-port", type=int, default=8000, help="HTTP port (t2i)")
+    s.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (t2i, streaming chat)")
+    s.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     s.add_argument("--triton-venv", default=None,
                    help="venv holding nvidia-pytriton + janus-edge (default $JANUS_EDGE_TRITON_VENV or .venv-triton)")
