@@ -124,6 +124,14 @@ def _serve(a) -> int:
     return run_serve(a)
 
 
+@command("demo")
+def _demo(a) -> int:
+    from janus_edge.demo.cli import run_demo
+
+    return run_demo(a.bundle, port=a.port, host=a.host, server=a.server, backend=a.backend, threads=a.threads,
+                    rows=a.rows)
+
+
 @command("bench")
 def _bench(a) -> int:
     if a.task == "serving":
@@ -232,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     from janus_edge.serving.cli import add_serving_parsers  # argparse only
 
     add_serving_parsers(sub)
+    from janus_edge.demo.cli import add_demo_parser  # argparse only
+
+    add_demo_parser(sub)
 
     s = sub.add_parser("bench", help="latency benchmark (t2i or chat), optionally against transformers")
     s.add_argument("bundle", nargs="+", help="one or more bundles, measured in one run")

@@ -1,0 +1,34 @@
+"""`janus-edge demo BUNDLE [--port] [--host] [--server URL]`: arguments and the call into the app (no gradio import
+until the page is built)."""
+from __future__ import annotations
+
+import importlib.util
+
+
+def add_demo_parser(sub) -> None:
+    s = sub.add_parser("demo", help="a web page (Gradio): text to image with a live preview, image chat")
+    s.add_argument("bundle")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: this machine only; 0.0.0.0: every interface, no login)")
+    s.add_argument("--server", default=None, metavar="URL",
+                   help="send the requests to a running `janus-edge serve` (its gRPC address, e.g. 127.0.0.1:8001)")
+    s.add_argument("--backend", default="ort", choices=["ort", "trt"])
+    s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    s.add_argument("--rows", type=int, default=8, help="scheduler rows shared by the tabs (an image takes 2)")
+
+
+def run_demo(bundle: str, port: int = 7860, host: str = "127.0.0.1", server: str | None = None, backend: str = "ort",
+             threads: int | None = None, rows: int = 8) -> int:
+    from janus_edge.errors import BackendUnavailable, InputError
+
+    if importlib.util.find_spec("gradio") is None:
+        raise BackendUnavailable("the demo needs gradio: pip install 'janus-edge[demo]'")
+    if not 0 < port < 65536:
+        raise InputError(f"--port must be in 1..65535, got {port}")
+    from .app import DemoConfig, launch, warn_if_public
+
+    warn_if_public(host)
+    launch(DemoConfig(bundle=bundle, host=host, port=port, server=server, backend=backend, threads=threads,
+                      rows=rows))
+    return 0
