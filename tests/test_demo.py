@@ -61,7 +61,7 @@ def demo(tiny_bundle, tmp_path_factory):
     app, ui, url = launch(DemoConfig(tiny_bundle, port=_free_port(), step_delay_s=STEP_DELAY_S), block=False)
     yield app, url
     ui.close()
-    app.backend.close()
+    app.close()
 
 
 @pytest.fixture(scope="module")
@@ -243,10 +243,14 @@ def test_cli_serves_the_page_on_localhost(tiny_bundle, tmp_path):
         proc.wait(20)
 
 
-def test_cli_bad_bundle_is_one_error_line(cli, one_error_line, tmp_path):
+def test_cli_user_errors_are_one_line(cli, one_error_line, tmp_path, tiny_bundle):
     code, _, err = cli("demo", tmp_path / "missing", "--port", _free_port())
-    assert code == 2
-    one_error_line(err)
+    assert code == 2 and "bundle" in one_error_line(err).lower()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, _, err = cli("demo", tiny_bundle, "--port", taken.getsockname()[1])
+    assert code == 2 and "cannot listen" in one_error_line(err)
 
 
 def test_shape_cell_check(sample_image):

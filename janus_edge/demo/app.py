@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -148,6 +149,13 @@ class DemoApp:
         self.log(f"demo: t2i {self.last['summary']}")
         yield f'<div class="je-done">done: {len(images)} image(s) · {self.last["summary"]}</div>', keep, paths, paths
 
+    def close(self) -> None:
+        """Ends the backend (its scheduler) and removes the images written for download."""
+        import shutil
+
+        self.backend.close()
+        shutil.rmtree(self.outdir, ignore_errors=True)
+
     def _save(self, images) -> list[str]:
         d = tempfile.mkdtemp(dir=self.outdir)
         paths = [os.path.join(d, f"janus-edge-{i}.png") for i in range(len(images))]
@@ -249,21 +257,35 @@ class DemoApp:
 
 
 def launch(cfg: DemoConfig, block: bool = True):
-    """Builds the backend and the page and serves it; block=False returns (app, ui, url) with the server running."""
+    """Builds the backend and the page and serves it until Ctrl-C or SIGTERM (block=True); block=False returns
+    (app, ui, url) with the server running on its threads (tests)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     app = DemoApp(make_backend(cfg))
     ui = app.blocks()
     ui.queue(default_concurrency_limit=None)
     try:
-        _, url, _ = ui.launch(server_name=cfg.host, server_port=cfg.port, prevent_thread_lock=not block,
-                              share=False, ssr_mode=False, quiet=not block, footer_links=[])
+        _, url, _ = ui.launch(server_name=cfg.host, server_port=cfg.port, prevent_thread_lock=True, share=False,
+                              ssr_mode=False, quiet=True, footer_links=[])
     except OSError as e:
-        app.backend.close()
+        app.close()
         raise InputError(f"cannot listen on {cfg.host}:{cfg.port}: {e}") from None
-    if block:
-        app.backend.close()
-        return None
-    return app, ui, url
+    if not block:
+        return app, ui, url
+    print(f"janus-edge demo: serving {cfg.bundle} on {url} (Ctrl-C stops)", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ui.close()
+        app.close()
+    return None
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
 
 
 def warn_if_public(host: str) -> None:

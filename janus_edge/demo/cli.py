@@ -26,9 +26,28 @@ def run_demo(bundle: str, port: int = 7860, host: str = "127.0.0.1", server: str
         raise BackendUnavailable("the demo needs gradio: pip install 'janus-edge[demo]'")
     if not 0 < port < 65536:
         raise InputError(f"--port must be in 1..65535, got {port}")
+    _check_port(host, port)  # before the model loads (minutes for a big one)
     from .app import DemoConfig, launch, warn_if_public
 
     warn_if_public(host)
     launch(DemoConfig(bundle=bundle, host=host, port=port, server=server, backend=backend, threads=threads,
                       rows=rows))
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    from janus_edge.errors import InputError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise InputError(f"--host {host!r} is not an address here ({e})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise InputError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
