@@ -10,12 +10,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from janus_edge.errors import USER_ERRORS, InputError
 
 from .backends import T2IRequest, check_images
-from .preview import PreviewTimer, grid_side
+from .preview import PreviewStream
 
 MAX_IMAGES = 4
 PREVIEW_BUDGET = 0.01  # preview updates are skipped while they have cost more than 1% of the decode's wall time
@@ -120,17 +118,14 @@ class DemoApp:
         sid = getattr(request, "session_hash", None) or "?"
         self.jobs[sid] = job
         T = self.backend.dims.num_image_tokens
-        g, timer, got, marks = grid_side(T), PreviewTimer(), [], []
-        yield _progress(0, T, job.n, time.perf_counter(), time.perf_counter()), "", None, None
+        stream = PreviewStream(self.backend.table, T, PREVIEW_BUDGET)
+        t0 = time.perf_counter()
+        yield _progress(0, T, job.n, t0, t0), "", None, None
         try:
             for tok in job.updates():
-                got.append(tok)
-                marks.append(time.perf_counter())
-                k = len(got)
-                # a row of tokens complete, while the preview has used <= PREVIEW_BUDGET of the decode's time
-                if k == T or (k % g == 0 and timer.seconds <= PREVIEW_BUDGET * (marks[-1] - marks[0])):
-                    html = timer.html(self.backend.table, np.stack(got, 1), T)
-                    yield _progress(k, T, job.n, marks[0], marks[-1]), html, keep, keep
+                html = stream.add(tok)
+                if html is not None:
+                    yield _progress(len(stream.marks), T, job.n, stream.marks[0], stream.marks[-1]), html, keep, keep
             images = job.images()
         except USER_ERRORS as e:
             from janus_edge.runtime.scheduler import Cancelled
@@ -145,7 +140,7 @@ class DemoApp:
             job.cancel()
             self.jobs.pop(sid, None)
         paths = self._save(images)
-        self.last = self._figures(len(got), marks, timer)
+        self.last = stream.figures()
         self.log(f"demo: t2i {self.last['summary']}")
         yield f'<div class="je-done">done: {len(images)} image(s) · {self.last["summary"]}</div>', keep, paths, paths
 
@@ -162,18 +157,6 @@ class DemoApp:
         for im, p in zip(images, paths):
             im.save(p)
         return paths
-
-    @staticmethod
-    def _figures(steps: int, marks: list[float], timer: PreviewTimer) -> dict:
-        if steps < 2:
-            return {"summary": "(no per-step timing: the server returns the images at once)"}
-        decode_s = marks[-1] - marks[0]
-        step_ms = 1e3 * decode_s / (steps - 1)
-        share = 100 * timer.seconds / decode_s if decode_s > 0 else float("nan")
-        return {"steps": steps, "step_ms": step_ms, "preview_updates": timer.updates,
-                "preview_ms_per_update": timer.ms_per_update, "preview_share_pct": share,
-                "summary": f"{steps} steps, {step_ms:.2f} ms/step; preview {timer.updates} updates at "
-                           f"{timer.ms_per_update:.3f} ms each = {share:.2f}% of the decode"}
 
     def stop(self, request=None):
         job = self.jobs.get(getattr(request, "session_hash", None) or "?")

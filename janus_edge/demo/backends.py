@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from janus_edge.errors import InputError
 
 
 @dataclass
@@ -68,7 +67,7 @@ class LocalBackend:
         from janus_edge.runtime.scheduler import Scheduler
         from janus_edge.serving.engine import default_max_len
 
-        from .preview import colour_table
+        from .preview import colour_table, preview_html
 
         self.kind = backend
         self.pipe = Pipeline.from_bundle(bundle, backend=backend, threads=threads)
@@ -77,6 +76,7 @@ class LocalBackend:
         t0 = time.perf_counter()
         self.table = colour_table(self.pipe)
         self.table_s = time.perf_counter() - t0
+        preview_html(self.table, np.zeros((1, 1), np.int64), self.dims.num_image_tokens)  # PIL's PNG plugin loaded
         self._closing = threading.Event()
         self._delay = float(step_delay_s)
         if self._delay > 0:
@@ -212,6 +212,3 @@ def check_images(paths: Sequence[str]) -> None:
     for p in paths:
         load_image(p)
 
-
-def as_input_error(e: Exception) -> InputError:
-    return e if isinstance(e, InputError) else InputError(str(e))

@@ -1,6 +1,6 @@
 """The live preview of images being drawn: one colour per VQ code, made once from the VQ decoder, then per update
 only a table lookup over the tokens so far (a mosaic of grid cells) and a tiny PNG that the browser upscales.
-No VQ decode per update: the cost is measured per update (`PreviewTimer`) against the decode step.
+No VQ decode per update: the cost is measured per update (`PreviewStream`) against the decode step.
 
 The table: for a small codebook (<= UNIFORM_MAX codes) each code is decoded as a uniform token grid and its colour
 is the mean of that image; a larger one is decoded as grids of distinct codes (V / T decodes: 29 for Janus's 16384
@@ -113,19 +113,43 @@ def preview_html(table: np.ndarray, tokens: np.ndarray, num_image_tokens: int, p
     return f'<div id="je-preview-state" data-tokens="{k}">{imgs}</div>'
 
 
-class PreviewTimer:
-    """Wall time spent on preview updates, to compare with the decode's."""
+class PreviewStream:
+    """The page's preview schedule over a request's steps: `add(step tokens [n])` returns the preview's HTML when a
+    row of tokens is complete (and always at the last token), or None. Updates are skipped while the preview has used
+    more than `budget` of the decode's wall time so far (a fast model draws rows faster than they are worth showing).
+    Keeps the figures: steps, ms per step, preview updates, ms per update, the preview's share of the decode."""
 
-    def __init__(self):
+    def __init__(self, table: np.ndarray | None, num_image_tokens: int, budget: float = 0.01):
+        self.table, self.T, self.budget = table, num_image_tokens, budget
+        self.g = grid_side(num_image_tokens)
+        self.got: list[np.ndarray] = []
+        self.marks: list[float] = []
         self.updates, self.seconds = 0, 0.0
 
-    def html(self, table, tokens, num_image_tokens) -> str:
+    def add(self, tok: np.ndarray) -> str | None:
+        self.got.append(tok)
+        self.marks.append(time.perf_counter())
+        k = len(self.got)
+        if self.table is None or not (k == self.T or (k % self.g == 0 and self.seconds <= self.budget * self.decode_s)):
+            return None
         t0 = time.perf_counter()
-        out = preview_html(table, tokens, num_image_tokens)
+        html = preview_html(self.table, np.stack(self.got, 1), self.T)
         self.seconds += time.perf_counter() - t0
         self.updates += 1
-        return out
+        return html
 
     @property
-    def ms_per_update(self) -> float:
-        return 1e3 * self.seconds / max(self.updates, 1)
+    def decode_s(self) -> float:
+        return self.marks[-1] - self.marks[0] if self.marks else 0.0
+
+    def figures(self) -> dict:
+        steps = len(self.marks)
+        if steps < 2:
+            return {"summary": "(no per-step timing: the server returns the images at once)"}
+        step_ms = 1e3 * self.decode_s / (steps - 1)
+        per = 1e3 * self.seconds / max(self.updates, 1)
+        share = 100 * self.seconds / self.decode_s if self.decode_s > 0 else float("nan")
+        return {"steps": steps, "step_ms": step_ms, "preview_updates": self.updates, "preview_ms_per_update": per,
+                "preview_share_pct": share,
+                "summary": f"{steps} steps, {step_ms:.2f} ms/step; preview {self.updates} updates at {per:.3f} ms "
+                           f"each = {share:.2f}% of the decode"}
