@@ -216,8 +216,10 @@ class DemoApp:
                     go = gr.Button("Generate", variant="primary", elem_id="t2i-go")
                     stop = gr.Button("Stop", variant="stop", elem_id="t2i-stop")
                 status = gr.HTML(elem_id="t2i-status")
-                preview = gr.HTML(elem_id="t2i-preview")
-                gallery = gr.Gallery(label="Images", columns=4, elem_id="t2i-gallery", buttons=["download"])
+                with gr.Row():
+                    preview = gr.HTML(elem_id="t2i-preview", label="Preview")
+                    gallery = gr.Gallery(label="Images", columns=2, height="auto", elem_id="t2i-gallery",
+                                         buttons=["download"], scale=2, object_fit="contain")
                 files = gr.File(label="Download", file_count="multiple", elem_id="t2i-files")
             with gr.Tab("Image chat"):
                 images = gr.File(label="Images", file_count="multiple", elem_id="chat-images")

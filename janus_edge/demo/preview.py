@@ -115,8 +115,8 @@ def preview_html(table: np.ndarray, tokens: np.ndarray, num_image_tokens: int, p
 
 class PreviewStream:
     """The page's preview schedule over a request's steps: `add(step tokens [n])` returns the preview's HTML when a
-    row of tokens is complete (and always at the last token), or None. Updates are skipped while the preview has used
-    more than `budget` of the decode's wall time so far (a fast model draws rows faster than they are worth showing).
+    row of tokens is complete, or None. A row's update is skipped when it would take the preview past `budget` of the
+    decode's wall time so far (a fast model draws rows faster than they are worth showing; the image follows anyway).
     Keeps the figures: steps, ms per step, preview updates, ms per update, the preview's share of the decode."""
 
     def __init__(self, table: np.ndarray | None, num_image_tokens: int, budget: float = 0.01):
@@ -130,7 +130,10 @@ class PreviewStream:
         self.got.append(tok)
         self.marks.append(time.perf_counter())
         k = len(self.got)
-        if self.table is None or not (k == self.T or (k % self.g == 0 and self.seconds <= self.budget * self.decode_s)):
+        if self.table is None or k % self.g:
+            return None
+        last = self.seconds / self.updates if self.updates else 0.0  # what the next update will likely cost
+        if self.seconds + last > self.budget * self.decode_s:
             return None
         t0 = time.perf_counter()
         html = preview_html(self.table, np.stack(self.got, 1), self.T)
