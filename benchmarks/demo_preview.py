@@ -70,9 +70,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--images", type=int, default=1)
     a = p.parse_args(argv)
+    import os
+
+    load0 = os.getloadavg()[0]
     res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": platform.processor() or
-           platform.machine(), "bundles": [measure_bundle(b, a.images) for b in a.bundle],
-           "janus_shape_preview": measure_janus_shape()}
+           platform.machine(), "cores": os.cpu_count(), "bundles": [measure_bundle(b, a.images) for b in a.bundle],
+           "janus_shape_preview": measure_janus_shape(), "load_avg_1min_before_after": [load0, os.getloadavg()[0]]}
     text = json.dumps(res, indent=2)
     print(text)
     if a.json:

@@ -8,6 +8,7 @@ what the model drew and answered: the red circle in the top-left cell, "red" for
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -103,6 +104,16 @@ def page(browser, demo):
     p.close()
 
 
+@contextlib.contextmanager
+def slower(app, step_delay_s: float = 0.06):
+    """Slower steps for a test that must act while a request runs (a loaded CI machine clicks late)."""
+    app.backend.step_delay_s = step_delay_s
+    try:
+        yield
+    finally:
+        app.backend.step_delay_s = STEP_DELAY_S
+
+
 WATCH_PREVIEW = """() => { window.__seen = []; const root = document.body;
   const rec = () => { const s = root.querySelector('#je-preview-state');
     if (s && window.__seen[window.__seen.length - 1] !== s.dataset.tokens) window.__seen.push(s.dataset.tokens); };
@@ -161,10 +172,11 @@ def test_stop_frees_rows(page, demo):
     sched = app.backend.sched
     before = sched.stats.cancelled
     page.evaluate(WATCH_PREVIEW)
-    _generate(page, "a blue square", n=2)
-    page.wait_for_function("window.__seen.length >= 1")
-    page.click("#t2i-stop")
-    page.wait_for_selector("#t2i-status .je-stopped")
+    with slower(app):
+        _generate(page, "a blue square", n=2)
+        page.wait_for_function("window.__seen.length >= 1")
+        page.click("#t2i-stop")
+        page.wait_for_selector("#t2i-status .je-stopped")
     assert sched.stats.cancelled == before + 1
     deadline = time.monotonic() + 5
     while sched.active_rows() and time.monotonic() < deadline:
@@ -183,8 +195,10 @@ def test_two_tabs_share_steps(browser, demo):
             p.set_default_timeout(30_000)
             p.goto(url)
             p.wait_for_selector("#t2i-go")
-        for i, p in enumerate(pages):
-            _generate(p, f"a green triangle {i}", seed=i)
+        with slower(app):
+            for i, p in enumerate(pages):
+                _generate(p, f"a green triangle {i}", seed=i)
+            pages[1].wait_for_selector("#t2i-status .je-progress")
         for p in pages:
             p.wait_for_selector("#t2i-status .je-done")
             assert len(_page_images(p)) == 1

@@ -78,8 +78,8 @@ class LocalBackend:
         self.table_s = time.perf_counter() - t0
         preview_html(self.table, np.zeros((1, 1), np.int64), self.dims.num_image_tokens)  # PIL's PNG plugin loaded
         self._closing = threading.Event()
-        self._delay = float(step_delay_s)
-        if self._delay > 0:
+        self.step_delay_s = float(step_delay_s)  # may be changed while running (paced loop only)
+        if self.step_delay_s > 0:
             self._thread = threading.Thread(target=self._paced_loop, name="janus-demo-steps", daemon=True)
             self._thread.start()
         else:
@@ -89,7 +89,7 @@ class LocalBackend:
     def _paced_loop(self) -> None:
         while not self._closing.is_set():
             if self.sched.step():
-                time.sleep(self._delay)
+                time.sleep(self.step_delay_s)
             else:
                 self._closing.wait(0.005)
 
