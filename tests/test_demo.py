@@ -165,6 +165,11 @@ def test_t2i_preview_then_final_image(page, demo, tmp_path):
     page.screenshot(path=str(tmp_path / "t2i.png"), full_page=True)
     if os.environ.get("JANUS_EDGE_DEMO_SCREENSHOT"):  # docs/demo.png is made this way
         page.screenshot(path=os.environ["JANUS_EDGE_DEMO_SCREENSHOT"], full_page=True)
+    page.get_by_role("tab", name="Details").click()  # the details panel: backend, precisions, the step just timed
+    page.wait_for_selector("#details :text('ms/step')")
+    details = page.inner_text("#details")
+    lm = app.backend.pipe.bundle.manifest.graphs["lm"].precision
+    assert "ort, in process" in details and f"lm\t{lm}" in details and "peak memory" in details, details
 
 
 def test_stop_frees_rows(page, demo):
@@ -296,3 +301,12 @@ def test_shape_cell_check():
     for colour, cell in (("red", "top left"), ("blue", "top right")):
         with pytest.raises(AssertionError):
             assert_shape_in_cell(img, colour, cell)
+
+
+def test_cli_without_gradio_says_how_to_get_it(cli, one_error_line, monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    code, _, err = cli("demo", tmp_path, "--port", _free_port())
+    assert code == 2 and "pip install 'janus-edge[demo]'" in one_error_line(err)
