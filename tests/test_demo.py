@@ -136,6 +136,19 @@ def _generate(page, prompt: str, seed=None, n=None, top_p=None) -> None:
     page.click("#t2i-go")
 
 
+def _upload(page, path) -> None:
+    """Opens the chat tab and uploads a file; returns once the page lists it."""
+    page.get_by_role("tab", name="Image chat").click()
+    page.wait_for_selector("#chat-question textarea")
+    page.set_input_files("#chat-images input[type=file]", str(path))
+    try:
+        page.wait_for_selector(f"#chat-images :text('{os.path.basename(path)}')", timeout=60_000)
+    except Exception:  # say what the page showed instead
+        page.screenshot(path=f"{path}.upload-failed.png", full_page=True)
+        raise AssertionError(f"upload of {path} not listed; the file box shows {page.inner_text('#chat-images')!r}"
+                             f" (screenshot {path}.upload-failed.png)") from None
+
+
 def _page_images(page) -> list:
     from PIL import Image
 
@@ -220,9 +233,7 @@ def test_chat_answer_streams(page, demo, tmp_path):
     scene = draw_scene("red", "top left")
     path = tmp_path / "scene.png"
     scene.save(path)
-    page.get_by_role("tab", name="Image chat").click()
-    page.set_input_files("#chat-images input[type=file]", str(path))
-    page.wait_for_selector("#chat-images :text('scene.png')")
+    _upload(page, path)
     page.fill("#chat-question textarea", "What color is the shape?")
     page.fill("#chat-max input", "24")
     page.evaluate(WATCH_ANSWER)
@@ -250,9 +261,7 @@ def test_bad_input_is_a_message(page, demo, tmp_path):
     t2i_error("a red circle", "the seed must be a whole number", seed="x")
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
-    page.get_by_role("tab", name="Image chat").click()
-    page.set_input_files("#chat-images input[type=file]", str(bad))
-    page.wait_for_selector("#chat-images :text('notes.txt')")
+    _upload(page, bad)
     page.fill("#chat-question textarea", "What is it?")
     page.click("#chat-go")
     assert "not a readable image" in page.wait_for_selector("#chat-status .je-error").inner_text()
