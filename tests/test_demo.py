@@ -216,7 +216,9 @@ def test_two_tabs_share_steps(browser, demo):
         with slower(app):
             for i, p in enumerate(pages):
                 _generate(p, f"a green triangle {i}", seed=i)
-            pages[1].wait_for_selector("#t2i-status .je-progress")
+            for p in pages:
+                p.wait_for_selector("#t2i-status .je-progress")
+            assert len(app.jobs) == 2, app.jobs  # one job per session: Stop in one tab stops only its own
         for p in pages:
             p.wait_for_selector("#t2i-status .je-done")
             assert len(_page_images(p)) == 1

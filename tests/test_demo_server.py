@@ -26,6 +26,7 @@ pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"tritonserver absen
 
 @pytest.fixture(scope="module")
 def remote_app(tiny_bundle, tmp_path_factory):
+    pytest.importorskip("gradio", reason="the demo extra is not installed (pip install 'janus-edge[demo]')")
     from janus_edge.demo.app import DemoApp
     from janus_edge.demo.backends import RemoteBackend
 

@@ -10,6 +10,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+import gradio as gr  # this module is the page: imported only where the `demo` extra is installed (cli.py checks)
+
 from janus_edge.errors import USER_ERRORS, InputError
 
 from .backends import T2IRequest, check_images
@@ -105,10 +107,8 @@ class DemoApp:
         self.outdir = tempfile.mkdtemp(prefix="janus-edge-demo-")
 
     # ---- text to image ----------------------------------------------------------------------------------------
-    def generate(self, prompt, n, cfg_weight, temperature, top_k, top_p, seed, request=None):
-        """Yields (status, preview, gallery, files) as the tokens arrive."""
-        import gradio as gr
-
+    def generate(self, prompt, n, cfg_weight, temperature, top_k, top_p, seed, request: gr.Request = None):
+        """Yields (status, preview, gallery, files) as the tokens arrive; `request` (Gradio's) names the session."""
         keep = gr.skip()
         try:
             job = self.backend.t2i(parse_t2i(prompt, n, cfg_weight, temperature, top_k, top_p, seed))
@@ -158,7 +158,7 @@ class DemoApp:
             im.save(p)
         return paths
 
-    def stop(self, request=None):
+    def stop(self, request: gr.Request = None):
         job = self.jobs.get(getattr(request, "session_hash", None) or "?")
         if job is not None:
             job.cancel()
@@ -198,8 +198,6 @@ class DemoApp:
         return "\n".join(rows)
 
     def blocks(self):
-        import gradio as gr
-
         with gr.Blocks(title="janus-edge", analytics_enabled=False) as ui:
             gr.Markdown("## janus-edge: text to image and image chat")
             with gr.Tab("Text to image"):
