@@ -5,17 +5,23 @@ from __future__ import annotations
 import importlib.util
 
 
-def add_demo_parser(sub) -> None:
-    s = sub.add_parser("demo", help="a web page (Gradio): text to image with a live preview, image chat")
-    s.add_argument("bundle")
-    s.add_argument("--port", type=int, default=7860)
+def add_demo_parser(sub, cmd=None) -> None:
+    """`cmd(sub, name, help)` makes the subparser where the CLI has such a factory (its help formatter appends each
+    option's default); plain `sub.add_parser` otherwise."""
+    what = "a web page (Gradio): text to image with a live preview, image chat"
+    s = cmd(sub, "demo", what) if cmd is not None else sub.add_parser("demo", help=what, description=what)
+    s.add_argument("bundle", help="bundle directory (what `janus-edge export` or `quantize` wrote)")
+    s.add_argument("--port", type=int, default=7860, help="port of the page")
     s.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default: this machine only; 0.0.0.0: every interface, no login)")
+                   help="address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 is every interface, where "
+                        "anyone who reaches the port can use the model (no login)")
     s.add_argument("--server", default=None, metavar="URL",
-                   help="send the requests to a running `janus-edge serve` (its gRPC address, e.g. 127.0.0.1:8001)")
-    s.add_argument("--backend", default="ort", choices=["ort", "trt"])
+                   help="send the requests to a running `janus-edge serve` (its gRPC address, e.g. 127.0.0.1:8001) "
+                        "(default: none, the bundle runs in this process)")
+    s.add_argument("--backend", default="ort", choices=["ort", "trt"], help="runtime backend (in process)")
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    s.add_argument("--rows", type=int, default=8, help="scheduler rows shared by the tabs (an image takes 2)")
+    s.add_argument("--rows", type=int, default=8,
+                   help="scheduler rows shared by every open tab (an image with guidance takes 2, a chat 1)")
 
 
 def run_demo(bundle: str, port: int = 7860, host: str = "127.0.0.1", server: str | None = None, backend: str = "ort",
