@@ -69,7 +69,9 @@ def assert_shape_in_cell(img, colour: str, cell: str, min_share: float = 0.05) -
 
 @pytest.fixture(scope="module")
 def demo(request, tmp_path_factory):
-    pytest.importorskip("gradio", reason="the demo extra is not installed (pip install 'janus-edge[demo]')")
+    import importlib.util
+
+    _need("gradio", importlib.util.find_spec("gradio") is not None)
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))  # the colour table, made fresh
     from janus_edge.demo.app import DemoConfig, launch
 
