@@ -134,6 +134,14 @@ def _serve(a) -> int:
     return run_serve(a)
 
 
+@command("demo")
+def _demo(a) -> int:
+    from janus_edge.demo.cli import run_demo
+
+    return run_demo(a.bundle, port=a.port, host=a.host, server=a.server, backend=a.backend, threads=a.threads,
+                    rows=a.rows)
+
+
 @command("bench")
 def _bench(a) -> int:
     if a.task == "serving":

@@ -178,6 +178,12 @@ def _doctor(sub) -> None:
     s.add_argument("--json", action="store_true", help="print the facts as JSON (default: one line per fact)")
 
 
+def _demo(sub) -> None:
+    from janus_edge.demo.cli import add_demo_parser  # argparse only
+
+    add_demo_parser(sub, _cmd)
+
+
 def _bench(sub) -> None:
     s = _cmd(sub, "bench", "latency benchmark (t2i or chat), optionally against transformers")
     s.add_argument("bundle", nargs="+", help="one or more bundles, measured in one run")
@@ -199,7 +205,7 @@ def _bench(sub) -> None:
 
 
 SUBCOMMANDS = [_init_random, _export, _verify, _quantize, _lint_trt, _build, _memory, _generate, _chat, _serving,
-               _doctor, _bench]
+               _doctor, _demo, _bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

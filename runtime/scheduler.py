@@ -66,7 +66,8 @@ _END = object()
 
 
 class Handle:
-    """A submitted request: `result()` waits for it; `tokens()` streams its new token ids (chat); `cancel()`."""
+    """A submitted request: `result()` waits for it; `tokens()` streams what each step samples (chat: the new token
+    id; t2i: the step's image tokens [n], so a page can preview the image as it is drawn); `cancel()`."""
 
     def __init__(self, sched: "Scheduler", kind: str):
         self._sched, self.kind = sched, kind
@@ -396,6 +397,7 @@ class Scheduler:
             req.handle._stream.put(t)
         else:
             req.out.append(tok)
+            req.handle._stream.put(tok)
 
     def _finished(self, req: _Req) -> bool:
         if len(req.out) >= req.max_new:

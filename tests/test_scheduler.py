@@ -100,6 +100,16 @@ def test_equals_pipeline_same_seed(pipe):
         assert (h.result() == ref).all()
 
 
+def test_t2i_handle_streams_each_steps_tokens(pipe):
+    """The page's preview reads a t2i request's tokens as they are sampled: one [n] array per step, in order."""
+    s = Scheduler(pipe.bundle, rows=8, max_len=256)
+    h = _submit(s, pipe, MIX[1])  # 2 images
+    s.run_until_idle()
+    steps = list(h.tokens())
+    assert len(steps) == pipe.dims.num_image_tokens and all(t.shape == (2,) for t in steps)
+    np.testing.assert_array_equal(np.stack(steps, 1), h.result())
+
+
 def test_sampled_chat_equals_pipeline(pipe, sample_image):
     s = Scheduler(pipe.bundle, rows=4, max_len=256)
     _, emb = pipe.chat_inputs("describe it", [sample_image])
