@@ -68,15 +68,3 @@ class Backend(ABC):
     def move_rows(self, buf: Buffer, src: int, dst: int, count: int) -> None:
         """buf[dst:dst+count] = buf[src:src+count] (the ranges may overlap)."""
         raise BackendUnavailable(f"backend {self.name!r} does not support serving (no row moves)")
-
-
-def get_backend(name: str, threads: int | None = None) -> Backend:
-    if name == "ort":
-        from .ort_backend import OrtBackend
-
-        return OrtBackend(threads=threads)
-    if name == "trt":  # engines from `janus-edge build`; fails here with one line when TensorRT/CUDA/GPU are missing
-        from .trt_backend import TrtBackend
-
-        return TrtBackend(threads=threads)
-    raise BackendUnavailable(f"unknown backend {name!r}; choose 'ort' or 'trt'")
