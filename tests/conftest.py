@@ -46,22 +46,21 @@ def skip_kind(reason: str, markers=()) -> str:
     return "other"
 
 
-def _required_piece(rep, node) -> str | None:
-    """The required piece a skip report is about, or None (not a skip, or its piece is not required)."""
+def _kind(rep, node) -> str | None:
+    """The skip kind of a report (None: not a skip): a `requires(piece)` mark first, then the reason."""
     if not rep.skipped or hasattr(rep, "wasxfail"):
         return None
-    markers = {m.name for m in node.iter_markers()} if hasattr(node, "iter_markers") else set()
-    for m in node.iter_markers("requires") if hasattr(node, "iter_markers") else ():
-        if m.args and m.args[0].upper() in REQUIRED:
-            return m.args[0].upper()
-    kind = skip_kind(_skip_reason(rep), markers)
-    return kind if kind in REQUIRED else None
+    marks = list(node.iter_markers()) if hasattr(node, "iter_markers") else []
+    piece = next((m.args[0].upper() for m in marks if m.name == "requires" and m.args), None)
+    return piece or skip_kind(_skip_reason(rep), {m.name for m in marks})
 
 
 def _fail_required_skip(rep, node) -> None:
-    piece = _required_piece(rep, node)
-    if piece is not None:
-        rep.outcome, rep.longrepr = "failed", f"JANUS_EDGE_REQUIRE_{piece}=1 and skipped: {_skip_reason(rep)}"
+    kind = _kind(rep, node)
+    if kind is not None:
+        rep.skip_kind = kind  # read by the summary below
+    if kind in REQUIRED:
+        rep.outcome, rep.longrepr = "failed", f"JANUS_EDGE_REQUIRE_{kind}=1 and skipped: {_skip_reason(rep)}"
 
 
 def pytest_configure(config):
@@ -85,8 +84,7 @@ def pytest_terminal_summary(terminalreporter):
     whatever else (a piece the test command did not set up, or a test's own condition)."""
     kinds: dict[str, int] = {}
     for rep in terminalreporter.stats.get("skipped", []):
-        markers = set(rep.keywords) if hasattr(rep, "keywords") else set()
-        kind = skip_kind(_skip_reason(rep), markers)
+        kind = getattr(rep, "skip_kind", None) or skip_kind(_skip_reason(rep), set(getattr(rep, "keywords", ())))
         kinds[kind] = kinds.get(kind, 0) + 1
     if kinds:
         line = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: (kv[0] != "gpu", kv[0])))
