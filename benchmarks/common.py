@@ -143,3 +143,34 @@ def environment(threads: int | None, backend: str, bundles: dict[str, dict], bas
     if baseline:
         env["versions"].update(torch=_version("torch"), transformers=_version("transformers"))
     return env
+
+
+# ---- re-used results: keyed by what made them --------------------------------------------------------------------
+def code_version(*packages: str) -> str:
+    """A digest of the Python sources of the named janus_edge packages (default: quant, runtime, export): results
+    measured with other code do not count as this code's, committed or not."""
+    import hashlib
+    import importlib
+
+    h = hashlib.sha256()
+    for name in packages or ("quant", "runtime", "export"):
+        folder = os.path.dirname(importlib.import_module(f"janus_edge.{name}").__file__)
+        for f in sorted(x for x in os.listdir(folder) if x.endswith(".py")):
+            with open(os.path.join(folder, f), "rb") as fh:
+                h.update(f.encode() + b"\0" + fh.read())
+    return h.hexdigest()[:16]
+
+
+def file_digest(path: str) -> str:
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()[:16]
+
+
+def key_of(obj) -> str:
+    """A short digest of a JSON-able object (knobs, settings): equal knobs, equal key."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

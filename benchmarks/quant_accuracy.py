@@ -8,6 +8,11 @@ with that variant's knobs, lm + lm_head + gen_head) and the teacher-forced perpl
 held-out text. `--select` picks the number of kept-float MatMuls on the *calibration* text (never the held-out
 one). `--sweep` adds the measured sensitivity table: one MatMul kind at a time in int8 (the rest float).
 The best int8 variant and fp8 get the full report (images, chat, per graph). Writes OUT.json and OUT.md.
+
+Results in DIR (state.json, the quantized bundles, calib.npz) are re-used only when what made them is the same: each
+carries a key of the variant's mode, knobs and graphs, the source bundle (path and manifest digest), the calibration
+settings, the held-out token count and the code's version (a digest of the quant/, runtime/ and export/ sources);
+anything else is measured again. `--calib JSON` overrides CalibConfig fields (e.g. '{"n_prompts": 2}').
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import os
 import shutil
 import sys
 import time
+
+from janus_edge.benchmarks import common as C
 
 KINDS = ("q", "k", "v", "o", "gate", "up", "down")
 SWEEP_KNOBS = {"smooth": "auto", "calibrator": "mse"}
@@ -47,16 +54,37 @@ def log(msg: str) -> None:
     print(f"[quant-accuracy] {msg}", file=sys.stderr, flush=True)
 
 
-def build(src: str, work: str, name: str, mode: str, knobs: dict, graphs: str | None = None) -> str:
+def build(src: str, work: str, name: str, mode: str, knobs: dict, graphs: str | None = None,
+          key: str = "") -> str:
+    """WORK/NAME quantized with these knobs; a bundle already there is re-used only when its key file says `key`."""
     from janus_edge.quant.api import QuantOptions, quantize_bundle
 
-    out = os.path.join(work, name)
-    if os.path.exists(os.path.join(out, "manifest.json")):
+    out, key_file = os.path.join(work, name), os.path.join(work, name + ".key")
+    if key and os.path.exists(os.path.join(out, "manifest.json")) and _read(key_file) == key:
         return out
     shutil.rmtree(out, ignore_errors=True)
     quantize_bundle(src, out, QuantOptions(mode=mode, graphs=graphs, progress=False, report=False, extra={
         "calib": {"cache": os.path.join(work, "calib.npz")}, mode: knobs}))
+    with open(key_file, "w") as fh:
+        fh.write(key)
     return out
+
+
+def _read(path: str) -> str | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return fh.read().strip()
+
+
+def settings(bundle: str, calib: dict, tokens: int | None) -> dict:
+    """What every result of a run depends on besides a variant's own knobs."""
+    return {"bundle": os.path.abspath(bundle), "manifest": C.file_digest(os.path.join(bundle, "manifest.json")),
+            "code": C.code_version(), "calib": calib, "tokens": tokens}
+
+
+def variant_key(base: dict, mode: str, knobs: dict, graphs: str | None = None) -> str:
+    return C.key_of({**base, "mode": mode, "knobs": knobs, "graphs": graphs})
 
 
 def per_layer(ckpt: str, src: str, calib_path: str, mode: str = "int8", tokens: int = 320,
@@ -102,6 +130,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results/smollm2_quant")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--tokens", type=int, default=None, help="held-out tokens (default: all)")
+    ap.add_argument("--calib", default="{}", help="CalibConfig overrides as JSON (default: its defaults)")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--select", action="store_true", help="choose keep_float on the calibration text")
     ap.add_argument("--full", default="", help="variants that get the full report (comma list)")
@@ -122,51 +151,58 @@ def main(argv=None) -> int:
         with open(state_path, "w") as fh:
             json.dump(state, fh, indent=1)
 
-    if "calibration" not in state:
+    base = settings(a.bundle, json.loads(a.calib), a.tokens)
+    calib_key = C.key_of({k: base[k] for k in ("bundle", "manifest", "code", "calib")})
+    if state.get("calibration", {}).get("key") != calib_key:
         t = time.time()
-        data = CB.collect(a.bundle, CB.CalibConfig(cache=os.path.join(a.work, "calib.npz")))
-        state["calibration"] = {**data.meta, "wall_s": round(time.time() - t, 1)}
+        cache = os.path.join(a.work, "calib.npz")
+        if os.path.exists(cache):
+            os.remove(cache)
+        data = CB.collect(a.bundle, CB.CalibConfig(cache=cache, progress=False, **json.loads(a.calib)))
+        state["calibration"] = {**data.meta, "wall_s": round(time.time() - t, 1), "key": calib_key}
         save_state()
     fp = E.open_bundle(a.bundle, config={})
     held = E.text_ids(fp, CB.read_text(CB.HELDOUT_FILE), a.tokens)
     calib_ids = E.text_ids(fp, CB.read_text(CB.CALIB_TEXT_FILE))
     for name in [v for v in a.variants.split(",") if v]:
-        if name in state["variants"]:
-            continue
         mode, knobs = VARIANTS[name]
+        key = variant_key(base, mode, knobs)
+        if state["variants"].get(name, {}).get("key") == key:
+            continue
         t = time.time()
-        q = build(a.bundle, a.work, name, mode, knobs)
+        q = build(a.bundle, a.work, name, mode, knobs, key=key)
         qs = time.time() - t
         r = text_eval(fp, q, held)
         r["quantize_s"] = round(qs, 1)
-        state["variants"][name] = {"mode": mode, "knobs": knobs, "heldout": r}
+        state["variants"][name] = {"mode": mode, "knobs": knobs, "heldout": r, "key": key}
         log(f"{name}: {r}")
         save_state()
     if a.select:
         for k in (0, 2, 4, 8, 16, 24):
-            key = str(k)
-            if key in state["select"]:
+            knobs = {"smooth": "auto", "calibrator": "mse", "keep_float": k}
+            vkey = variant_key(base, "int8", knobs)
+            if state["select"].get(str(k), {}).get("key") == vkey:
                 continue
-            q = build(a.bundle, a.work, f"sel-keep{k}", "int8", {"smooth": "auto", "calibrator": "mse", "keep_float": k})
-            state["select"][key] = text_eval(fp, q, calib_ids)
-            log(f"select keep {k} (calibration text): {state['select'][key]}")
+            q = build(a.bundle, a.work, f"sel-keep{k}", "int8", knobs, key=vkey)
+            state["select"][str(k)] = {**text_eval(fp, q, calib_ids), "knobs": knobs, "key": vkey}
+            log(f"select keep {k} (calibration text): {state['select'][str(k)]}")
             shutil.rmtree(q, ignore_errors=True)
             save_state()
     if a.sweep:
         for kind in KINDS + ("lm_head",):
-            if kind in state["sweep"]:
+            knobs = {**SWEEP_KNOBS, "keep_float": 0 if kind == "lm_head" else [x for x in KINDS if x != kind]}
+            graphs = "lm_head" if kind == "lm_head" else "lm"
+            vkey = variant_key(base, "int8", knobs, graphs)
+            if state["sweep"].get(kind, {}).get("key") == vkey:
                 continue
-            if kind == "lm_head":
-                q = build(a.bundle, a.work, "sweep-lm_head", "int8", {**SWEEP_KNOBS, "keep_float": 0}, "lm_head")
-            else:
-                q = build(a.bundle, a.work, f"sweep-{kind}", "int8", {
-                    **SWEEP_KNOBS, "keep_float": [x for x in KINDS if x != kind]}, "lm")
-            state["sweep"][kind] = text_eval(fp, q, held)
+            q = build(a.bundle, a.work, f"sweep-{kind}", "int8", knobs, graphs, key=vkey)
+            state["sweep"][kind] = {**text_eval(fp, q, held), "knobs": knobs, "graphs": graphs, "key": vkey}
             log(f"sweep {kind}: {state['sweep'][kind]}")
             shutil.rmtree(q, ignore_errors=True)
             save_state()
-    if a.per_layer and "per_layer" not in state:
-        state["per_layer"] = per_layer(a.per_layer, a.bundle, os.path.join(a.work, "calib.npz"))
+    pkey = C.key_of({**base, "per_layer": os.path.abspath(a.per_layer)}) if a.per_layer else None
+    if a.per_layer and state.get("per_layer", {}).get("key") != pkey:
+        state["per_layer"] = {**per_layer(a.per_layer, a.bundle, os.path.join(a.work, "calib.npz")), "key": pkey}
         save_state()
     full = {}
     for name in [v for v in a.full.split(",") if v]:

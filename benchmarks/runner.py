@@ -100,7 +100,7 @@ def validate(cfg: BenchConfig) -> None:
             raise InputError(f"checkpoint not found (no config.json): {cfg.checkpoint}")
     elif cfg.checkpoint:
         raise InputError("--checkpoint is only used with --baseline hf")
-    from janus_edge.runtime.backend import get_backend
+    from janus_edge.runtime.backends import get_backend
 
     get_backend(cfg.backend, threads=cfg.threads)  # an unavailable backend is the user's error: say so now
     _out_dir_ok(cfg.json_out, "--json")

@@ -3,7 +3,12 @@ fake quantization in torch with the bundles' own plans (quant/simulate.py, which
 against the ORT int8 bundle).
 
     python -m janus_edge.benchmarks.sensitivity FP32_BUNDLE CKPT CALIB.npz [--tokens N]
-        [--out benchmarks/results/smollm2_sensitivity]
+        [--out benchmarks/results/smollm2_sensitivity] [--down-layers] [--resume]
+
+Every run measures afresh and writes OUT.json / OUT.md whole (the command, the run's settings and each row's knobs
+recorded by the script; nothing in them is typed by hand). `--resume` continues an interrupted run: a row already in
+OUT.json is re-used only when the run's settings (bundle, checkpoint, calibration file digest, tokens, code version)
+and the row's knobs are the ones it would measure now.
 
 Teacher-forced on the first N tokens of the *calibration* text (quant/data/calib_text.txt; the held-out text is
 never used for choices), each configuration against the simulator's float run: perplexity delta, next-token top-1
@@ -40,7 +45,10 @@ def kind_of(key: str) -> str:
     return I8.layer_of(key.split(":", 1)[1])[0]
 
 
-def run(src: str, ckpt: str, calib: str, tokens: int, state: dict, save, down_layers: bool = False) -> dict:
+def run(src: str, ckpt: str, calib: str, tokens: int, state: dict, save, down_layers: bool = False,
+        resume: dict | None = None) -> dict:
+    """Measure every row into `state` (sections of {name: result + knobs}); `resume`: an earlier state of the same
+    run settings, whose rows are re-used where their knobs match."""
     import torch
 
     from janus_edge.quant import calib as CB
@@ -56,52 +64,60 @@ def run(src: str, ckpt: str, calib: str, tokens: int, state: dict, save, down_la
     state.setdefault("tokens", len(ids) - 1)
     default_kept = ("down", "lm_head")
 
-    def measure(section: str, name: str, setup) -> None:
-        if name in state.setdefault(section, {}):
+    def measure(section: str, name: str, setup, knobs: dict) -> None:
+        old = (resume or {}).get(section, {}).get(name)
+        if old is not None and old.get("knobs") == knobs:
+            state.setdefault(section, {})[name] = old
             return
         setup()
-        r = st.measure()
-        state[section][name] = r
+        r = {**st.measure(), "knobs": knobs}
+        state.setdefault(section, {})[name] = r
         log(f"{section} {name}: {r}")
         save()
 
     def int8(kept=(), alpha=0.8, default=S.A8, only=None):
+        knobs = {"mode": "int8", "alpha": alpha, "default": default, "kept_w8a16": list(kept), "only_a8": only}
+
         def f():
             modes = {k: S.W8A16 for k in keys(*kept)}
             if only is not None:  # one kind W8A8, the rest float
                 modes = {k: (S.A8 if of[k] == only else S.FLOAT) for k in sim.state}
             sim.configure(alpha=alpha, modes=modes, default=default)
-        return f
+        return f, knobs
 
-    measure("int8", "all W8A16 (weight-only, unsmoothed)", int8(alpha=None, default=S.W8A16))
-    measure("int8", "all W8A8 (SmoothQuant 0.8)", int8())
-    measure("int8", "default: down_proj + lm_head W8A16, rest W8A8", int8(default_kept))
+    measure("int8", "all W8A16 (weight-only, unsmoothed)", *int8(alpha=None, default=S.W8A16))
+    measure("int8", "all W8A8 (SmoothQuant 0.8)", *int8())
+    measure("int8", "default: down_proj + lm_head W8A16, rest W8A8", *int8(default_kept))
     for kind in KINDS:
-        measure("int8_kind_alone", kind, int8(only=kind))
+        measure("int8_kind_alone", kind, *int8(only=kind))
     for kind in default_kept:
-        measure("int8_default_release", kind, int8([x for x in default_kept if x != kind]))
+        measure("int8_default_release", kind, *int8([x for x in default_kept if x != kind]))
     for kind in ("up", "gate", "o", "v"):
-        measure("int8_default_keep_more", kind, int8(default_kept + (kind,)))
+        measure("int8_default_keep_more", kind, *int8(default_kept + (kind,)))
 
     def int4(kinds, method, int8_kinds=()):
+        knobs = {"mode": "int4", "method": method, "int4": list(kinds), "int8_weight_only": list(int8_kinds)}
+
         def f():
             sim.configure(alpha=None, modes={k: S.W8A16 for k in keys(*int8_kinds)}, default=S.FLOAT)
             ks = [k for k in keys(*kinds) if of[k] not in int8_kinds]
             sim.quantize_int4(ks, method)
             for k in ks:
                 sim.state[k] = S.W4
-        return f
+        return f, knobs
 
     for kind in KINDS:
         for method in ("rtn", "awq-clip"):
-            measure("int4_kind_alone", f"{kind} {method}", int4([kind], method))
+            measure("int4_kind_alone", f"{kind} {method}", *int4([kind], method))
     for method in ("rtn", "clip", "awq-clip"):
-        measure("int4", f"all INT4 {method}", int4(KINDS, method))
-    measure("int4", "awq-clip, down/up/v int8 weight-only", int4(KINDS, "awq-clip", ("down", "up", "v")))
+        measure("int4", f"all INT4 {method}", *int4(KINDS, method))
+    measure("int4", "awq-clip, down/up/v int8 weight-only", *int4(KINDS, "awq-clip", ("down", "up", "v")))
     if down_layers:  # per layer where it matters: the default with one down_proj released to W8A8
         for k in keys("down"):
+            kept = [x for x in keys(*default_kept) if x != k]
             measure("int8_down_layer_release", k.split(":", 1)[1],
-                    lambda k=k: sim.configure(alpha=0.8, modes={x: S.W8A16 for x in keys(*default_kept) if x != k}))
+                    lambda kept=kept: sim.configure(alpha=0.8, modes={x: S.W8A16 for x in kept}),
+                    {"mode": "int8", "alpha": 0.8, "default": S.A8, "kept_w8a16": kept})
     return state
 
 
@@ -125,13 +141,6 @@ def markdown(s: dict) -> str:
     for sec, title in titles.items():
         if s.get(sec):
             L += [f"### {title}", ""] + head + [row(k, r) for k, r in s[sec].items()] + [""]
-    if s.get("simulator_check"):  # measured once, by hand / by tests/test_quant_simulate.py (see the json)
-        L += ["## The simulator against ONNX Runtime", "", "| case | rel. error ORT vs fp | sim vs fp | error cosine | "
-              "sim vs ORT | argmax agreement |", "|---|---|---|---|---|---|"]
-        L += [f"| {k} | {v.get('rel_err_ort_vs_fp', '-')} | {v.get('rel_err_sim_vs_fp', '-')} | {v['error_cosine']} | "
-              f"{v['rel_sim_vs_ort']} | {v['argmax_agreement']} |" for k, v in s["simulator_check"].items()] + [""]
-    if s.get("findings"):
-        L += ["## What it says about the defaults", ""] + [f"- {x}" for x in s["findings"]] + [""]
     return "\n".join(L) + "\n"
 
 
@@ -143,14 +152,26 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=320)
     ap.add_argument("--out", default="benchmarks/results/smollm2_sensitivity")
     ap.add_argument("--down-layers", action="store_true", help="also release each layer's down_proj alone (int8)")
-    a = ap.parse_args(argv)
+    ap.add_argument("--resume", action="store_true",
+                    help="re-use rows of OUT.json measured with the same settings and knobs (default: measure afresh)")
+    a = ap.parse_args(argv if argv is not None else sys.argv[1:])
     path = a.out + ".json"
-    state = json.load(open(path)) if os.path.exists(path) else {}
-    state.setdefault("what", (
+    settings = run_settings(a)
+    resume = None
+    if a.resume and os.path.exists(path):
+        with open(path) as fh:
+            old = json.load(fh)
+        resume = old if old.get("settings") == settings else None
+        log("--resume: " + ("re-using the rows whose knobs match" if resume else "other settings: measuring afresh"))
+    state = {"what": (
         f"Simulated with quant/simulate.py (torch fake quantization with the bundles' plans) on the first {a.tokens} "
         "tokens of quant/data/calib_text.txt, teacher-forced, against the unquantized model; calibration "
-        f"{os.path.basename(a.calib)}; onnxruntime-equivalent activation handling as documented in simulate.py. "
-        "Machine: 2-core VM shared with other jobs (times not meaningful)."))
+        f"{os.path.basename(a.calib)}; onnxruntime-equivalent activation handling as documented in simulate.py."),
+        "command": "python -m janus_edge.benchmarks.sensitivity " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "settings": settings}
+    from janus_edge.benchmarks.common import cpu_model
+
+    state["machine"] = f"{cpu_model()}, {os.cpu_count()} CPUs visible"
     t0 = time.time()
 
     def save():
@@ -161,10 +182,19 @@ def main(argv=None) -> int:
         with open(a.out + ".md", "w") as fh:
             fh.write(markdown(state))
 
-    run(a.bundle, a.ckpt, a.calib, a.tokens, state, save, a.down_layers)
-    state["wall_s"] = round(state.get("wall_s", 0) + time.time() - t0, 1)
+    run(a.bundle, a.ckpt, a.calib, a.tokens, state, save, a.down_layers, resume)
+    state["wall_s"] = round(time.time() - t0, 1)
     save()
     return 0
+
+
+def run_settings(a) -> dict:
+    """What every row depends on besides its knobs."""
+    from janus_edge.benchmarks import common as C
+
+    return {"bundle": os.path.abspath(a.bundle), "manifest": C.file_digest(os.path.join(a.bundle, "manifest.json")),
+            "ckpt": os.path.abspath(a.ckpt), "calib": C.file_digest(a.calib), "tokens": a.tokens,
+            "code": C.code_version()}
 
 
 if __name__ == "__main__":

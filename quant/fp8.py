@@ -15,6 +15,7 @@ every call: for the accuracy report only, slower than the fp32 bundle.
 from __future__ import annotations
 
 from .int8 import Scheme, config_from, quantize_qdq
+from .rewrite import to_opset21
 
 E4M3_MAX = 448.0
 CPU_NOTE = ("ONNX Runtime CPU: FP8 Q/DQ kernels, no FP8 MatMul: runs as DequantizeLinear + fp32 MatMul "
@@ -29,8 +30,6 @@ def fp8_scheme() -> Scheme:
 
 def quantize_fp8(model, graph: str, calib, opts) -> tuple[object, dict]:
     """The fp8 mode function (quant API contract): -> (model at opset 21, manifest `quantization` entry)."""
-    from .int4 import to_opset21
-
     config_from(opts, "fp8")  # validate the knobs before the (slow) opset conversion
     model = to_opset21(model)
     model, q = quantize_qdq(model, graph, calib, opts, fp8_scheme(), E4M3_MAX, "fp8")

@@ -39,9 +39,8 @@ import time
 import numpy as np
 
 from . import graphio
-from .int8 import gemms_to_matmul
+from .rewrite import OPSET, gemms_to_matmul, to_opset21
 
-OPSET = 21
 CLIP_GRID = tuple(np.round(np.linspace(1.0, 0.55, 10), 3))
 _KIND = re.compile(r"/(?:mlp/)?(q|k|v|o|gate|up|down)_proj(?:_(\d+))?/MatMul$")
 
@@ -174,16 +173,6 @@ def pack_int4(q: np.ndarray) -> bytes:
 
 
 # ---- the graph rewrite ---------------------------------------------------------------------------------------
-def to_opset21(model):
-    """Convert the default-domain opset to 21 (ReduceMean/ReduceSum axes become inputs, ...)."""
-    from onnx import version_converter
-
-    cur = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if cur is not None and cur >= OPSET:
-        return model
-    return version_converter.convert_version(model, OPSET)
-
-
 def weight_matmuls(model) -> list:
     """(node, initializer) of every MatMul whose B is a 2-D constant used by that node alone."""
     inits = graphio.initializers(model)

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import graphio
+from .rewrite import attr, gemms_to_matmul, insert_before, replace_init, to_opset21
 
 ORT_SESSION_CONFIG = {"session.x64quantprecision": "1"}
 # Graphs with a rewritten Gemm (MatMul + float bias Add): ORT's MatMulAddFusion would turn the QDQ MatMul + Add back
@@ -160,68 +161,16 @@ def weight_groups(model) -> dict[str, list]:
             uses[i] = uses.get(i, 0) + 1
     groups: dict[str, list] = {}
     for n in model.graph.node:
-        ok = n.op_type == "MatMul" or (n.op_type == "Gemm" and _attr(n, "transA", 0) == 0
-                                        and _attr(n, "alpha", 1.0) == 1.0 and _attr(n, "beta", 1.0) == 1.0)
+        ok = n.op_type == "MatMul" or (n.op_type == "Gemm" and attr(n, "transA", 0) == 0
+                                        and attr(n, "alpha", 1.0) == 1.0 and attr(n, "beta", 1.0) == 1.0)
         if ok and n.input[1] in inits and len(inits[n.input[1]].dims) == 2 and uses[n.input[1]] == 1:
             groups.setdefault(n.input[0], []).append((n, inits[n.input[1]]))
     return groups
 
 
-def gemms_to_matmul(model) -> int:
-    """Rewrite each weight Gemm (constant 2-D B used once, transA 0, constant or no bias C) into MatMul(A, B') [+ Add
-    (C)] with B' = alpha * (B^T if transB else B) as a [K, N] initializer and C' = beta * C, before the Q/DQ insertion.
-    The weight then takes the MatMul path (per-channel axis 1, ORT's MatMulIntegerToFloat, TensorRT-parseable) and the
-    bias stays float in the Add: one graph form for TensorRT and ORT (an INT32 bias DequantizeLinear, ORT's QGemm
-    form, is not TensorRT-parseable). The MatMul keeps the Gemm's node name (keep_float names, sensitivity tables);
-    its output keeps the Gemm's output name when there is no bias, else the Add's does. B' is held inline until the
-    quantized copy replaces it (or save() streams it): the source weight is read once, nothing dead is written.
-    Returns the number of Gemms rewritten."""
-    from onnx import helper, numpy_helper
-
-    inits = graphio.initializers(model)
-    uses: dict[str, int] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    done = 0
-    for n in list(model.graph.node):
-        if n.op_type != "Gemm" or _attr(n, "transA", 0) != 0 or n.input[1] not in inits:
-            continue
-        bt = inits[n.input[1]]
-        c = n.input[2] if len(n.input) > 2 and n.input[2] else None
-        alpha, beta = float(_attr(n, "alpha", 1.0)), float(_attr(n, "beta", 1.0))
-        if len(bt.dims) != 2 or uses[bt.name] != 1 or (c is not None and beta != 1.0 and
-                                                       (c not in inits or uses[c] != 1)):
-            continue  # shared / non-constant operands: left a Gemm (weight_groups then leaves it float or as is)
-        w = graphio.array(bt)
-        w = w.T if _attr(n, "transB", 0) else w
-        if alpha != 1.0:
-            w = w.astype(np.float32) * alpha
-        model.graph.initializer.remove(bt)
-        model.graph.initializer.append(numpy_helper.from_array(
-            np.ascontiguousarray(w.astype(graphio.np_dtype(bt.data_type))), bt.name))
-        if c is not None and beta != 1.0:
-            _replace_init(model, inits[c], graphio.array(inits[c]).astype(np.float32) * beta)
-        y = n.output[0]
-        mm_out = y if c is None else y + "_matmul"
-        nodes = [helper.make_node("MatMul", [n.input[0], bt.name], [mm_out], name=n.name)]
-        if c is not None:
-            nodes.append(helper.make_node("Add", [mm_out, c], [y], name=n.name + "_bias"))
-        _insert_before(model, n, nodes)
-        model.graph.node.remove(n)
-        done += 1
-    return done
-
-
-def _attr(node, name: str, default):
-    from onnx import helper
-
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
 def out_axis(node) -> int:
     """The output-channel axis of a weight as stored: 1 for MatMul B [K, N]; 0 for Gemm with transB ([N, K])."""
-    return 0 if node.op_type == "Gemm" and _attr(node, "transB", 0) else 1
+    return 0 if node.op_type == "Gemm" and attr(node, "transB", 0) else 1
 
 
 def as_kn(node, w: np.ndarray) -> np.ndarray:
@@ -411,20 +360,6 @@ def scale_in(dtype, s: np.ndarray) -> np.ndarray:
     return r.astype(np.float32)
 
 
-def _replace_init(model, t, arr: np.ndarray) -> None:
-    from onnx import numpy_helper
-
-    new = graphio.put(numpy_helper.from_array(arr.astype(graphio.np_dtype(t.data_type)), t.name))
-    model.graph.initializer.remove(t)
-    model.graph.initializer.append(new)
-
-
-def _insert_before(model, node, new_nodes: list) -> None:
-    idx = list(model.graph.node).index(node)
-    for k, nn in enumerate(new_nodes):
-        model.graph.node.insert(idx + k, nn)
-
-
 def apply_plans(model, plans: list[GroupPlan], keep: set[str], scheme: Scheme, act_qmax: float,
                 keep_as: str = "float") -> dict:
     """Fold the smoothing, write quantized weights and the Q/DQ nodes (kept MatMuls: weights only, or float).
@@ -450,7 +385,7 @@ def apply_plans(model, plans: list[GroupPlan], keep: set[str], scheme: Scheme, a
         else:
             inv = _const(model, p.act + "_smooth_inv", (1.0 / p.s).astype(_float_dtype(inits, p)))
             out = p.act + "_smoothed"
-            _insert_before(model, p.nodes[0], [helper.make_node("Mul", [p.act, inv.name], [out], name=out + "_Mul")])
+            insert_before(model, p.nodes[0], [helper.make_node("Mul", [p.act, inv.name], [out], name=out + "_Mul")])
             for n in p.nodes:
                 n.input[0] = out
     counts = {"quantized": 0, "float": 0, "weight_only": 0}
@@ -470,7 +405,7 @@ def apply_plans(model, plans: list[GroupPlan], keep: set[str], scheme: Scheme, a
                 w = w / col_div[wname][None, :]
             if n.name not in qnames and keep_as == "float":
                 if p.s is not None or wname in col_div:
-                    _replace_init(model, t, as_kn(n, w))
+                    replace_init(model, t, as_kn(n, w))
                 counts["float"] += 1
                 continue
             sch = scheme if n.name in qnames or keep_as == "weights" else int8_scheme()
@@ -483,7 +418,7 @@ def apply_plans(model, plans: list[GroupPlan], keep: set[str], scheme: Scheme, a
             zt = _const_zero(model, wname + "_zp", sch.onnx_type, [len(ws)])
             dq = helper.make_node("DequantizeLinear", [qt.name, st.name, zt], [wname + "_dq"], name=n.name + "_wDQ",
                                   axis=out_axis(n))
-            _insert_before(model, n, [dq])
+            insert_before(model, n, [dq])
             n.input[1] = wname + "_dq"
             counts["quantized" if n.name in qnames else "weight_only"] += 1
         if not qnodes:
@@ -498,7 +433,7 @@ def apply_plans(model, plans: list[GroupPlan], keep: set[str], scheme: Scheme, a
             qn = helper.make_node("QuantizeLinear", [act_in, sc.name, zp], [base + "_q"], name=base + "_Q")
             dq = helper.make_node("DequantizeLinear", [base + "_q", sc.name, zp], [base + "_dq"], name=base + "_DQ")
             n.input[0] = base + "_dq"
-            _insert_before(model, n, [qn, dq])
+            insert_before(model, n, [qn, dq])
     return counts
 
 
@@ -579,8 +514,6 @@ def quantize_int8(model, graph: str, calib, opts) -> tuple[object, dict]:
     cfg = config_from(opts, "int8")
     half = _is_float16(model)
     if half:  # fp16 Q/DQ scales (the type of the tensors they meet) need opset >= 19
-        from .int4 import to_opset21
-
         model = to_opset21(model)
     model, q = quantize_qdq(model, graph, calib, opts, int8_scheme(cfg.weight_qmax), 127.0, "int8")
     if half:

@@ -68,27 +68,3 @@ class Backend(ABC):
     def move_rows(self, buf: Buffer, src: int, dst: int, count: int) -> None:
         """buf[dst:dst+count] = buf[src:src+count] (the ranges may overlap)."""
         raise BackendUnavailable(f"backend {self.name!r} does not support serving (no row moves)")
-
-
-def get_backend(name: str, threads: int | None = None, device: str | None = None) -> Backend:
-    """`device` (ort only): "cpu" (default), "cuda" or "tensorrt" (onnxruntime-gpu's execution providers,
-    runtime/ort_gpu.py); a provider that is missing is BackendUnavailable, never a CPU run."""
-    if name == "ort":
-        from .ort_gpu import check_device
-
-        if check_device(device) != "cpu":
-            from .ort_gpu import OrtGpuBackend
-
-            return OrtGpuBackend(device=device, threads=threads)
-        from .ort_backend import OrtBackend
-
-        return OrtBackend(threads=threads)
-    if name == "trt":  # engines from `janus-edge build`; fails here with one line when TensorRT/CUDA/GPU are missing
-        if device not in (None, "cuda"):
-            from janus_edge.errors import InputError
-
-            raise InputError(f"backend 'trt' runs on the GPU: --device {device} is for backend 'ort'")
-        from .trt_backend import TrtBackend
-
-        return TrtBackend(threads=threads)
-    raise BackendUnavailable(f"unknown backend {name!r}; choose 'ort' or 'trt'")

@@ -11,7 +11,7 @@ import numpy as np
 from janus_edge.errors import InputError
 
 from . import memory, prompts
-from .backend import get_backend
+from .backends import get_backend
 from .bundle import Bundle
 from .decode import generate_image_tokens, generate_text
 from .image import load_image, preprocess, to_pil

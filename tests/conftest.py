@@ -2,31 +2,93 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
-# CI sets these (.ci/run): then a missing `export` extra (a module's pytest.importorskip of torch, transformers,
-# onnx, ...) or a missing trained-LM package fails the run instead of skipping tests silently.
-REQUIRE_EXPORT = os.environ.get("JANUS_EDGE_REQUIRE_EXPORT") == "1"
-REQUIRE_TRAINED_LM = os.environ.get("JANUS_EDGE_REQUIRE_TRAINED_LM") == "1"
+# The test command (scripts/test, which CI runs) sets JANUS_EDGE_REQUIRE_<PIECE>=1 for every piece it set up: then a
+# skip whose reason names that piece (or an import of it that failed, in a module's pytest.importorskip, whatever
+# its custom reason) fails the run instead of hiding tests. Reasons are matched, so a new test needs nothing special
+# as long as its skip reason says what is missing; `@pytest.mark.requires("triton")` ties a test to a piece outright.
+PIECES = {  # flag suffix -> what a skip reason of that piece contains (case-insensitive)
+    "EXPORT": r"could not import|no module named|export toolchain|\btorch\b|transformers|onnxscript|safetensors",
+    "TRAINED_LM": r"trained-lm|llm[-_]smollm2|\bgguf\b",
+    "NATIVE": r"host library|libjanus_edge_(host|emu)|kernel emulator",
+    "TRITON": r"triton",
+    "BROWSER": r"chromium|playwright|browser",
+}
+REQUIRED = {piece for piece in PIECES if os.environ.get(f"JANUS_EDGE_REQUIRE_{piece}") == "1"}
+REQUIRE_EXPORT = "EXPORT" in REQUIRED
+REQUIRE_TRAINED_LM = "TRAINED_LM" in REQUIRED
+# skips that are expected on a machine without the hardware / the optional extra: never failed, counted apart
+GPU_REASON = re.compile(r"\bgpu\b|cuda|tensorrt|nvcc", re.I)
+LLAMACPP_REASON = re.compile(r"llama[-_.]?cpp", re.I)
 
 
-def _fail_import_skip(rep) -> None:
-    if REQUIRE_EXPORT and rep.skipped and "could not import" in str(rep.longrepr):
-        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
-        rep.outcome, rep.longrepr = "failed", f"JANUS_EDGE_REQUIRE_EXPORT=1 and {reason}"
+def _skip_reason(rep) -> str:
+    lr = rep.longrepr
+    return str(lr[2] if isinstance(lr, tuple) and len(lr) == 3 else lr)
+
+
+def skip_kind(reason: str, markers=()) -> str:
+    """'gpu', 'llama.cpp', or the piece (EXPORT, TRITON, ...) whose absence the reason names, or 'other'."""
+    if "gpu" in markers:
+        return "gpu"
+    if LLAMACPP_REASON.search(reason):
+        return "llama.cpp"
+    if re.search(PIECES["NATIVE"], reason, re.I):  # the host library's build hint mentions nvcc: before the GPU
+        return "NATIVE"
+    if GPU_REASON.search(reason):
+        return "gpu"
+    for piece, pattern in PIECES.items():
+        if re.search(pattern, reason, re.I):
+            return piece
+    return "other"
+
+
+def _kind(rep, node) -> str | None:
+    """The skip kind of a report (None: not a skip): a `requires(piece)` mark first, then the reason."""
+    if not rep.skipped or hasattr(rep, "wasxfail"):
+        return None
+    marks = list(node.iter_markers()) if hasattr(node, "iter_markers") else []
+    piece = next((m.args[0].upper() for m in marks if m.name == "requires" and m.args), None)
+    return piece or skip_kind(_skip_reason(rep), {m.name for m in marks})
+
+
+def _fail_required_skip(rep, node) -> None:
+    kind = _kind(rep, node)
+    if kind is not None:
+        rep.skip_kind = kind  # read by the summary below
+    if kind in REQUIRED:
+        rep.outcome, rep.longrepr = "failed", f"JANUS_EDGE_REQUIRE_{kind}=1 and skipped: {_skip_reason(rep)}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "requires(piece): a skip of this test fails under JANUS_EDGE_REQUIRE_<PIECE>=1")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
     outcome = yield
-    _fail_import_skip(outcome.get_result())
+    _fail_required_skip(outcome.get_result(), collector)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
-    _fail_import_skip(outcome.get_result())
+    _fail_required_skip(outcome.get_result(), item)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line sorting the skips: gpu (no NVIDIA GPU/TensorRT here), llama.cpp (the optional `llamacpp` extra), and
+    whatever else (a piece the test command did not set up, or a test's own condition)."""
+    kinds: dict[str, int] = {}
+    for rep in terminalreporter.stats.get("skipped", []):
+        kind = getattr(rep, "skip_kind", None) or skip_kind(_skip_reason(rep), set(getattr(rep, "keywords", ())))
+        kinds[kind] = kinds.get(kind, 0) + 1
+    if kinds:
+        line = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: (kv[0] != "gpu", kv[0])))
+        terminalreporter.write_line(f"skips by kind: {line} (required here: {', '.join(sorted(REQUIRED)) or 'none'})")
 
 
 # JANUS_EDGE_REQUIRE_GPU=1 (runs on GPU machines, scripts/gpu-check): a skipped `gpu`-marked test is a failure,

@@ -345,7 +345,14 @@ def test_16_bit_grey_is_scaled_not_clipped(tmp_path, pipe):
         assert np.array_equal(np.asarray(load_image(str(tmp_path / f))), want), f
     clipped = np.asarray(hf_load_image(str(tmp_path / "g16.png")))
     assert (clipped == 255).mean() > 0.9  # what the clip does (why we differ here)
-    assert pipe.chat("What?", images=[str(tmp_path / "g16.png")], max_new_tokens=2) is not None
+    # the pipeline sees the scaled image too: the 16-bit file's vision embeddings are the 8-bit file's, not the
+    # clipped image's, and the greedy answer is the 8-bit file's
+    Image.fromarray(clipped).save(tmp_path / "clipped.png")
+    emb = {f: pipe.chat_inputs("What?", [str(tmp_path / f)])[1] for f in ("g16.png", "g8.png", "clipped.png")}
+    assert np.array_equal(emb["g16.png"], emb["g8.png"])
+    assert np.abs(emb["g16.png"] - emb["clipped.png"]).max() > 1e-3
+    answer = [pipe.chat("What?", images=[str(tmp_path / f)], max_new_tokens=4) for f in ("g16.png", "g8.png")]
+    assert isinstance(answer[0], str) and answer[0] == answer[1]
 
 
 # EXIF orientation n: how to display the stored pixels (EXIF 2.3, tag 0x0112), on [H, W, C] arrays.

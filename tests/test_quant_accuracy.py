@@ -257,9 +257,12 @@ def test_int8_bundle_graphs_and_report(tiny_int8, tiny_bundle, tmp_path):
     g = rep["graphs"]["lm"]
     assert g["weight_bytes_after"] < g["weight_bytes_before"] / 3
     assert 0.9 < g["cosine_min"] <= 1.0 + 1e-6 and g["max_abs_error"] > 0
-    t = rep["text"]
-    assert t["tokens"] == 299 and 0 < t["ppl_fp"] and 0 <= t["top1_agreement"] <= 1
-    assert 0 <= rep["image"]["greedy_token_agreement"] <= 1 and rep["image"]["psnr_db_vs_fp"] > 5
+    # int8 close to fp32 on the tiny model (measured: text top-1 agreement 98.7%, perplexity +0.01%; image tokens
+    # teacher-forced 95.3%, greedy 93.8%, CFG-logit cosine 0.993, PSNR 20.3 dB), with margin for other CPUs' kernels
+    t, im = rep["text"], rep["image"]
+    assert t["tokens"] == 299 and t["ppl_fp"] > 0 and t["top1_agreement"] >= 0.9 and abs(t["ppl_delta_pct"]) < 2, t
+    assert im["teacher_forced_top1_agreement"] >= 0.85 and im["cfg_logit_cosine_min_prompt"] >= 0.98, im
+    assert im["greedy_token_agreement"] >= 0.5 and im["psnr_db_vs_fp"] > 12, im
     assert os.path.getsize(os.path.join(tiny_int8, "quant_report.md")) > 500
 
 

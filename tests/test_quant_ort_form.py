@@ -71,7 +71,14 @@ def test_ort_form_outputs_equal_the_fused_qdq_form(tiny_bundle, tmp_path):
     a = _session(qdq, "lm").run(None, feeds)
     b = _session(ortb, "lm").run(None, feeds)
     for x, y in zip(a, b):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+        # Not bit-equal: 275 of the 384 outputs differ in the last bits (measured), as ORT's fused QDQ node and the
+        # written MatMulNBits (both accuracy_level 4: activations quantized to int8 per block, int32 dot products,
+        # float32 scale products summed over the blocks) accumulate in a different order. A float32 sum of K terms
+        # rounds by up to K * 2^-24 of their magnitude (K = 64..256 here: 4e-6..1.5e-5), per layer, through 2 layers
+        # and the final norm, on outputs up to ~3.5: worst seen 1.9e-5 abs (on 0.37). 1e-4 bounds that with margin,
+        # while a kernel path that differs moves outputs by more (measured: accuracy_level 0, fp32 compute, in the ORT
+        # form: 1.3e-3 off on 253 of 384, and this fails).
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4)
 
 
 def test_ort_form_runs_through_pipeline(both):

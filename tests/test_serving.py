@@ -243,3 +243,24 @@ def test_failed_start_reports_the_log_and_leaves_no_temp_dir(tmp_path):
     with pytest.raises(RuntimeError, match="(?s)tritonserver exited with .*broken"):
         srv.start(timeout_s=60)
     assert not os.path.exists(srv.work)
+
+
+def test_bench_task_serving(cli, one_error_line, tiny_bundle, tmp_path):
+    """`janus-edge bench --task serving`: a real server, 1/2/4 concurrent closed-loop clients, 3-token images."""
+    import json
+
+    out = tmp_path / "serving.json"
+    code, stdout, err = cli("bench", tiny_bundle, "--task", "serving", "--json", out, "--steps", 3, "--threads", 1)
+    assert code == 0, err
+    r = json.loads(out.read_text())
+    assert r["schema"] == "janus-edge-bench-serving/1" and r["steps"] == 3 and r["server_exit"] == 0
+    assert [lv["concurrency"] for lv in r["levels"]] == [1, 2, 4]
+    for lv in r["levels"]:
+        n = lv["concurrency"] * r["waves"]
+        assert lv["errors"] == [] and lv["requests"] == n, lv
+        assert lv["images_per_min"] > 0 and 0 < lv["latency_s_p50"] <= lv["latency_s_p90"], lv
+        # every request's 3 image-token steps reached the server; batching can only merge them into fewer lm calls
+        assert lv["request_steps"] >= 3 * n and 1 <= lv["lm_calls"] <= lv["request_steps"], lv
+    assert r["levels"][0]["throughput_x"] == 1.0 and "4 concurrent" in stdout
+    code, _, err = cli("bench", tiny_bundle, tiny_bundle, "--task", "serving", "--json", tmp_path / "x.json")
+    assert code == 2 and "one bundle" in one_error_line(err) and not (tmp_path / "x.json").exists()
