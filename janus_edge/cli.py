@@ -185,9 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--block-size", type=int, default=128, help="int4 block along K (default 128)")
     s.add_argument("--int8-layers", default=None, help="int4: decoder MatMul kinds kept int8, e.g. down,up,v")
     s.add_argument("--target", default="any", help="any | ort | trt | orin | ada | hopper | thor (fp8: not orin)")
-    s.add_argument("--report", default="full", help="full | graphs | none: quant_report.json/.md: full = per graph + end to end (text, images, chat through both "
-                   "bundles: long for big models), graphs = per-graph output error on a few held-out calls only "
-                   "(what a Pro-7B fits in time and memory), none = no report (default: full)")
+    s.add_argument("--report", default="text", help="text | full | graphs | none: quant_report.json/.md: text = per "
+                   "graph + teacher-forced held-out text per domain (prose, tech docs, dialogue) with the goals "
+                   "checked per domain (about the calibration's time), full = + images and chat through both "
+                   "bundles (many times longer), graphs = per-graph output error on a few held-out calls only, "
+                   "none = no report (default: text)")
     s.add_argument("--force", action="store_true", help="replace an existing --out")
 
     s = sub.add_parser("lint-trt", help="check every op and dtype of a bundle against TensorRT 10.3's ONNX parser")

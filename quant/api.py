@@ -22,7 +22,7 @@ from janus_edge.errors import BundleError, InputError
 from . import graphio, policy as P
 
 KV_DTYPES = ("float32", "float16")
-REPORTS = ("full", "graphs", "none")  # --report scopes (QuantOptions.report)
+REPORTS = ("full", "text", "graphs", "none")  # --report scopes (QuantOptions.report)
 TARGETS = ("any", "ort", "trt", "orin", "ada", "hopper", "thor")  # where the bundle is meant to run
 NO_FP8 = {"orin": "Jetson Orin (compute capability 8.7) has no FP8: use --mode int8 or int4"}
 METHODS = {"int4": ("rtn", "clip", "awq-clip", "gptq"), "int8": None, "fp8": None}  # None: the mode module decides
@@ -42,10 +42,11 @@ class QuantOptions:
     block_size: int = 128  # int4 block along K (smaller where K is not a multiple: see int4.py)
     int8_layers: tuple[str, ...] = ()  # int4 mode: decoder MatMul kinds kept in int8 (q,k,v,o,gate,up,down)
     target: str = "any"  # any | ort | trt | orin | ada | hopper | thor (fp8 refused on orin)
-    # quant_report.json/.md scope: "full" (per graph + end to end: text, image, chat through both bundles), "graphs"
-    # (per-graph output error on held-out real inputs only: a few calls of each quantized graph), "none" (no report;
-    # the manifest still records the scheme). True / False mean "full" / "none" (older callers).
-    report: str | bool = "full"
+    # quant_report.json/.md scope: "text" (the default: per graph + teacher-forced text per held-out domain with the
+    # goals checked per domain; prefill only, so about the calibration's time), "full" (+ images and chat through both
+    # bundles: free-running decode, many times longer), "graphs" (per-graph output error on held-out real inputs
+    # only), "none" (no report; the manifest still records the scheme). True / False mean "full" / "none".
+    report: str | bool = "text"
     force: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict)  # mode knobs (e.g. smoothquant alpha); "calib": CalibConfig overrides

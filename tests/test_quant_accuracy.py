@@ -49,7 +49,7 @@ def tiny_int8(tiny_bundle, tmp_path_factory) -> str:
     from janus_edge.quant.api import QuantOptions, quantize_bundle
 
     out = str(tmp_path_factory.mktemp("q") / "int8")
-    return quantize_bundle(tiny_bundle, out, QuantOptions(mode="int8", progress=False, extra={
+    return quantize_bundle(tiny_bundle, out, QuantOptions(mode="int8", progress=False, report="full", extra={
         "calib": SMALL_CALIB,  # the int8 default policy: down_proj and lm_head kept int8 weight-only
         "report": {"text_tokens": 300, "image_prompts": 1, "chat_questions": 1, "chat_tokens": 6}}))
 
@@ -259,6 +259,9 @@ def test_int8_bundle_graphs_and_report(tiny_int8, tiny_bundle, tmp_path):
     assert 0.9 < g["cosine_min"] <= 1.0 + 1e-6 and g["max_abs_error"] > 0
     t = rep["text"]
     assert t["tokens"] == 299 and 0 < t["ppl_fp"] and 0 <= t["top1_agreement"] <= 1
+    doms = rep["text_domains"]  # every held-out domain apart, each with its own goal check
+    assert set(doms) == set(CB.HELDOUT_DOMAINS) and all(r["tokens"] == 299 for r in doms.values())
+    assert set(rep["goals"]["per_domain"]) == set(doms) and rep["goals"]["mode"] == "int8"
     assert 0 <= rep["image"]["greedy_token_agreement"] <= 1 and rep["image"]["psnr_db_vs_fp"] > 5
     assert os.path.getsize(os.path.join(tiny_int8, "quant_report.md")) > 500
 
