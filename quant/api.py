@@ -25,7 +25,7 @@ KV_DTYPES = ("float32", "float16")
 REPORTS = ("full", "text", "graphs", "none")  # --report scopes (QuantOptions.report)
 TARGETS = ("any", "ort", "trt", "orin", "ada", "hopper", "thor")  # where the bundle is meant to run
 NO_FP8 = {"orin": "Jetson Orin (compute capability 8.7) has no FP8: use --mode int8 or int4"}
-METHODS = {"int4": ("rtn", "clip", "awq-clip", "gptq"), "int8": None, "fp8": None}  # None: the mode module decides
+METHODS = {"int4": ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq"), "int8": None, "fp8": None}  # None: the mode module decides
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 DEFAULT_PROMPTS = os.path.join(DATA_DIR, "calib_prompts.txt")
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -90,7 +90,7 @@ def report_scope(opts: QuantOptions) -> str:
     """full | graphs | none, from QuantOptions.report (bools of older callers; extra={"report": {"e2e": False}}, the
     older way to ask for the per-graph part only, still means "graphs")."""
     r = ("full" if opts.report else "none") if isinstance(opts.report, bool) else opts.report
-    if r == "full" and (opts.extra or {}).get("report", {}).get("e2e") is False:
+    if r in ("full", "text") and (opts.extra or {}).get("report", {}).get("e2e") is False:
         return "graphs"
     return r
 
@@ -160,7 +160,7 @@ def needs_calibration(pol: dict, opts: QuantOptions) -> bool:
     modes = {m for m in pol.values() if m}
     if modes & {"int8", "fp8"}:
         return True
-    return "int4" in modes and (opts.method or "awq-clip") in ("awq-clip", "gptq")
+    return "int4" in modes and (opts.method or "awq-clip").removeprefix("rot-") in ("awq-clip", "gptq")
 
 
 def calibrate(src: str, pol: dict, opts: QuantOptions):
