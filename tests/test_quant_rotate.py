@@ -81,3 +81,66 @@ def test_rotation_is_orthogonal_for_both_size_kinds():
         Q = R.rotation(dim)
         assert np.allclose(Q.T @ Q, np.eye(dim), atol=1e-10)
         assert np.abs(Q).max() < 0.5  # spread: no channel kept as it was
+
+
+def _tokens(trained_ckpt, text, n):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(os.path.join(trained_ckpt, "tokenizer.json"))
+    return tok.encode(text).ids[:n]
+
+
+def test_new_int4_methods_beat_rtn_on_a_trained_layer(trained_model, trained_ckpt):
+    """Layer 10 of the trained LM (SmolLM2-135M): relative output error of q_proj (fed by an RMSNorm: the rotation
+    folds the norm weight and rotates the input) and down_proj (a residual writer: output rotated, measured back in
+    the original basis), calibrated on the calibration text, measured on held-out text. Every method, the rotated
+    ones included, has a smaller error than round-to-nearest."""
+    import torch
+
+    from janus_edge.quant import calib as CB
+    from janus_edge.quant.int4 import block_for, quantize_weight
+
+    lm = trained_model.model.language_model
+    blk = lm.layers[10]
+    acts = {}
+
+    def grab(split):
+        got = {}
+        hooks = [blk.self_attn.q_proj.register_forward_pre_hook(lambda m, a: got.__setitem__("q", a[0][0])),
+                 blk.mlp.down_proj.register_forward_pre_hook(lambda m, a: got.__setitem__("down", a[0][0]))]
+        path = CB.CALIB_TEXT_FILE if split == "calib" else CB.HELDOUT_DOMAINS["tech"]
+        with torch.no_grad():
+            lm(input_ids=torch.tensor([_tokens(trained_ckpt, CB.read_text(path), 384)]))
+        for h in hooks:
+            h.remove()
+        return {k: v.double().numpy() for k, v in got.items()}
+
+    acts = {s: grab(s) for s in ("calib", "held")}
+    w_norm = blk.input_layernorm.weight.detach().double().numpy()
+    dim = w_norm.shape[0]
+    Q = R.rotation(dim)
+    errs = {}
+    for kind, mod in (("q", blk.self_attn.q_proj), ("down", blk.mlp.down_proj)):
+        W = mod.weight.detach().double().numpy().T  # [K, N]: y = x @ W
+        Xc, Xh = acts["calib"][kind], acts["held"][kind]
+        ref = Xh @ W
+        block = block_for(W.shape[0], 128)
+        H = Xc.T @ Xc / len(Xc)
+        plain = {"mean_sq": np.diag(H).astype(np.float32), "hessian": H.astype(np.float32)}
+        for method in ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq"):
+            base = method.removeprefix("rot-")
+            if method == base:
+                Wq, X, st, back = W, Xh, plain, None
+            elif kind == "q":  # folded: W' = Q^T diag(w) W on the rotated, unweighted norm output (x / rms) Q
+                Wq, X, back = Q.T @ (w_norm[:, None] * W), (Xh / w_norm) @ Q, None
+                st = R.rotate_stats(plain, (Q, 1.0 / w_norm))
+            else:  # residual writer: W' = W Q, output rotated; back to the original basis to compare
+                Wq, X, st, back = W @ Q, Xh, plain, Q.T
+            q, s = quantize_weight(Wq.astype(np.float32), block, 4, base, st)
+            dq = (q.reshape(-1, block, q.shape[1]) * s[:, None, :]).reshape(q.shape).astype(np.float64)
+            y = X @ dq if back is None else X @ dq @ back
+            errs[(kind, method)] = float(np.sum((y - ref) ** 2) / np.sum(ref ** 2))
+    for (kind, method), e in errs.items():
+        if method != "rtn":
+            assert e < errs[(kind, "rtn")], (kind, method, errs)
+    print({f"{k}/{m}": round(e, 5) for (k, m), e in errs.items()})
