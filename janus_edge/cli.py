@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, metavar="QBUNDLE")
     s.add_argument("--calib-prompts", default=None, metavar="FILE", help="text-to-image prompts, one per line")
     s.add_argument("--calib-images", default=None, metavar="DIR", help="images for chat calibration")
-    s.add_argument("--method", default=None, help="int4: rtn | clip | awq-clip | gptq | rot-clip | rot-awq-clip | rot-gptq (rot-: Hadamard rotation of the residual stream folded in first; default awq-clip)")
+    s.add_argument("--method", default=None, help="int4: rtn | clip | awq-clip | gptq | rot-clip | rot-awq-clip | rot-gptq | awq (rot-: Hadamard rotation of the residual stream folded in first; default awq-clip)")
     s.add_argument("--graphs", default=None, help="graphs to quantize, e.g. lm,gen_head or lm=int4,gen_head=int8 "
                    "(default: lm, gen_head, lm_head)")
     s.add_argument("--kv-dtype", default=None, help="KV cache dtype: float32 | float16 (default: the bundle's)")

@@ -25,7 +25,7 @@ KV_DTYPES = ("float32", "float16")
 REPORTS = ("full", "text", "graphs", "none")  # --report scopes (QuantOptions.report)
 TARGETS = ("any", "ort", "trt", "orin", "ada", "hopper", "thor")  # where the bundle is meant to run
 NO_FP8 = {"orin": "Jetson Orin (compute capability 8.7) has no FP8: use --mode int8 or int4"}
-METHODS = {"int4": ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq"), "int8": None, "fp8": None}  # None: the mode module decides
+METHODS = {"int4": ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq", "awq"), "int8": None, "fp8": None}  # None: the mode module decides
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 DEFAULT_PROMPTS = os.path.join(DATA_DIR, "calib_prompts.txt")
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -160,7 +160,7 @@ def needs_calibration(pol: dict, opts: QuantOptions) -> bool:
     modes = {m for m in pol.values() if m}
     if modes & {"int8", "fp8"}:
         return True
-    return "int4" in modes and (opts.method or "awq-clip").removeprefix("rot-") in ("awq-clip", "gptq")
+    return "int4" in modes and (opts.method or "awq-clip").removeprefix("rot-") in ("awq-clip", "gptq", "awq")
 
 
 def calibrate(src: str, pol: dict, opts: QuantOptions):

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
+from janus_edge.quant import awq as A
 from janus_edge.quant import rotate as R
 
 
@@ -127,9 +128,12 @@ def test_new_int4_methods_beat_rtn_on_a_trained_layer(trained_model, trained_ckp
         block = block_for(W.shape[0], 128)
         H = Xc.T @ Xc / len(Xc)
         plain = {"mean_sq": np.diag(H).astype(np.float32), "hessian": H.astype(np.float32)}
-        for method in ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq"):
+        for method in ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq", "awq"):
             base = method.removeprefix("rot-")
-            if method == base:
+            if method == "awq":  # true AWQ: x / s, diag(s) W with s searched on the calibration rows
+                sc, _ = A.search_scales(Xc, [W], block)
+                Wq, X, st, back, base = W * sc[:, None], Xh / sc, A.scale_stats(plain, sc), None, "awq-clip"
+            elif method == base:
                 Wq, X, st, back = W, Xh, plain, None
             elif kind == "q":  # folded: W' = Q^T diag(w) W on the rotated, unweighted norm output (x / rms) Q
                 Wq, X, back = Q.T @ (w_norm[:, None] * W), (Xh / w_norm) @ Q, None
@@ -144,3 +148,30 @@ def test_new_int4_methods_beat_rtn_on_a_trained_layer(trained_model, trained_ckp
         if method != "rtn":
             assert e < errs[(kind, "rtn")], (kind, method, errs)
     print({f"{k}/{m}": round(e, 5) for (k, m), e in errs.items()})
+
+
+def test_awq_scales_fold_exactly(tiny_bundle):
+    """quant/awq.py folds 1/s into the RMSNorm weights and up_proj's columns and s into the linears: the fp32 graph
+    computes the same outputs (the scales searched on samples with outlier channels, so they are far from 1)."""
+    import onnxruntime as ort
+
+    model = _lm(tiny_bundle)
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = _feeds(s)
+    ref, _ = _run(model, feeds)
+    from janus_edge.quant.int4 import layer_of
+
+    rng = np.random.default_rng(0)
+    acts = {}
+    for n in model.graph.node:
+        if n.op_type == "MatMul" and layer_of(n.name)[0] in ("q", "k", "v", "gate", "up", "down"):
+            k = [t for t in model.graph.initializer if t.name == n.input[1]][0].dims[0]
+            x = rng.standard_normal((64, k)).astype(np.float32) * np.where(np.arange(k) % 7 == 0, 30.0, 1.0)
+            acts[n.input[0]] = {"samples": x, "mean_sq": (x ** 2).mean(0)}
+    got_model = _lm(tiny_bundle)
+    info = A.apply_awq(got_model, {"lm": acts}, "lm", 128)["info"]
+    n_layers = sum(1 for n in model.graph.node if layer_of(n.name)[0] == "down")
+    assert info["groups"] == 3 * n_layers and info["alpha_mean"] > 0  # q/k/v, gate/up, down in every layer
+    got, _ = _run(got_model, feeds)
+    err = max(_rel(ref[k], got[k]) for k in ref)
+    assert err < 2e-5, err
