@@ -16,7 +16,6 @@ import time
 
 from janus_edge import contract as C
 
-from . import calib as CB
 from . import evaluate as E
 
 SCHEMA = "janus-edge-quant-report/1"

@@ -121,6 +121,8 @@ def rotate_lm(model, seed: int = 0, matrix: np.ndarray | None = None) -> dict:
     exit_mm = helper.make_node("MatMul", [fx, q_out.name], list(fn.output), name="/rotate_out/MatMul")
     model.graph.node.remove(fn)
     model.graph.node.insert(idx, exit_mm)
+    if len(consumers.get(fw, [])) == 1:  # the final norm's weight now lives in rotate_out.weight
+        model.graph.initializer.remove(inits[fw])
     model.graph.node.insert(0, entry)
     model.graph.initializer.extend([graphio.put(q_in), graphio.put(q_out)])
     stats["info"] = {"dim": int(dim), "norms_folded": len(layer_norms), "residual_writers": n_out,
