@@ -22,10 +22,10 @@ from janus_edge.errors import BundleError, InputError
 from . import graphio, policy as P
 
 KV_DTYPES = ("float32", "float16")
-REPORTS = ("full", "graphs", "none")  # --report scopes (QuantOptions.report)
+REPORTS = ("full", "text", "graphs", "none")  # --report scopes (QuantOptions.report)
 TARGETS = ("any", "ort", "trt", "orin", "ada", "hopper", "thor")  # where the bundle is meant to run
 NO_FP8 = {"orin": "Jetson Orin (compute capability 8.7) has no FP8: use --mode int8 or int4"}
-METHODS = {"int4": ("rtn", "clip", "awq-clip", "gptq"), "int8": None, "fp8": None}  # None: the mode module decides
+METHODS = {"int4": ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq", "awq"), "int8": None, "fp8": None}  # None: the mode module decides
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 DEFAULT_PROMPTS = os.path.join(DATA_DIR, "calib_prompts.txt")
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -42,10 +42,11 @@ class QuantOptions:
     block_size: int = 128  # int4 block along K (smaller where K is not a multiple: see int4.py)
     int8_layers: tuple[str, ...] = ()  # int4 mode: decoder MatMul kinds kept in int8 (q,k,v,o,gate,up,down)
     target: str = "any"  # any | ort | trt | orin | ada | hopper | thor (fp8 refused on orin)
-    # quant_report.json/.md scope: "full" (per graph + end to end: text, image, chat through both bundles), "graphs"
-    # (per-graph output error on held-out real inputs only: a few calls of each quantized graph), "none" (no report;
-    # the manifest still records the scheme). True / False mean "full" / "none" (older callers).
-    report: str | bool = "full"
+    # quant_report.json/.md scope: "text" (the default: per graph + teacher-forced text per held-out domain with the
+    # goals checked per domain; prefill only, so about the calibration's time), "full" (+ images and chat through both
+    # bundles: free-running decode, many times longer), "graphs" (per-graph output error on held-out real inputs
+    # only), "none" (no report; the manifest still records the scheme). True / False mean "full" / "none".
+    report: str | bool = "text"
     force: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict)  # mode knobs (e.g. smoothquant alpha); "calib": CalibConfig overrides
@@ -89,7 +90,7 @@ def report_scope(opts: QuantOptions) -> str:
     """full | graphs | none, from QuantOptions.report (bools of older callers; extra={"report": {"e2e": False}}, the
     older way to ask for the per-graph part only, still means "graphs")."""
     r = ("full" if opts.report else "none") if isinstance(opts.report, bool) else opts.report
-    if r == "full" and (opts.extra or {}).get("report", {}).get("e2e") is False:
+    if r in ("full", "text") and (opts.extra or {}).get("report", {}).get("e2e") is False:
         return "graphs"
     return r
 
@@ -159,7 +160,7 @@ def needs_calibration(pol: dict, opts: QuantOptions) -> bool:
     modes = {m for m in pol.values() if m}
     if modes & {"int8", "fp8"}:
         return True
-    return "int4" in modes and (opts.method or "awq-clip") in ("awq-clip", "gptq")
+    return "int4" in modes and (opts.method or "awq-clip").removeprefix("rot-") in ("awq-clip", "gptq", "awq")
 
 
 def calibrate(src: str, pol: dict, opts: QuantOptions):

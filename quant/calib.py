@@ -13,7 +13,7 @@ reservoir of up to `max_samples` rows (for SmoothQuant / scale searches / AWQ / 
 
 Data: quant/data/calib_prompts.txt (70 text-to-image prompts, written by the team), calib_chat.txt (chat questions),
 calib_text.txt (English prose, asked as a chat "summarize" question) and procedural chat images (PIL shapes and
-gradients, `make_images`, seeded). The held-out evaluation text (heldout_en.txt) is never used here.
+gradients, `make_images`, seeded). The held-out evaluation texts (heldout_*.txt, HELDOUT_DOMAINS) are never used here.
 """
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ PROMPTS_FILE = os.path.join(DATA_DIR, "calib_prompts.txt")
 CHAT_FILE = os.path.join(DATA_DIR, "calib_chat.txt")
 CALIB_TEXT_FILE = os.path.join(DATA_DIR, "calib_text.txt")
 HELDOUT_FILE = os.path.join(DATA_DIR, "heldout_en.txt")
+# held-out evaluation texts by domain (quant/data/README.md; all written by the team, none used for calibration)
+HELDOUT_DOMAINS = {"prose": HELDOUT_FILE, "tech": os.path.join(DATA_DIR, "heldout_tech.txt"),
+                   "dialogue": os.path.join(DATA_DIR, "heldout_dialogue.txt")}
 CALIB_GRAPHS = ("lm", "gen_head", "lm_head", "vision", "gen_embed")
 
 

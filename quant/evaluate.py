@@ -1,7 +1,8 @@
 """Accuracy of a quantized bundle against its fp bundle, measured through the bundles' own graphs on ONNX Runtime.
 
-- `text_accuracy`: teacher-forced next-token prediction on held-out English text (quant/data/heldout_en.txt, written
-  by the team, never used for calibration): the text is fed through the bundle's `lm` graph in chunks with the KV
+- `text_accuracy`: teacher-forced next-token prediction on held-out English text (one domain: quant/data/heldout_*.txt,
+  written by the team, never used for calibration; `domain_accuracy` runs every domain of calib.HELDOUT_DOMAINS and
+  `check_goals` checks the mode's goals on each domain apart, never on the average): the text is fed through the bundle's `lm` graph in chunks with the KV
   cache (prefill of `chunk` tokens at a time at the right positions), `lm_head` on every position. Perplexity of
   each bundle, and top-1 agreement (argmax of the quantized logits == argmax of the fp logits).
 - `image_accuracy`: text-to-image with CFG (2 rows per image), greedy: free-running image-token agreement
@@ -15,6 +16,7 @@ manifest (`ort_session_config`, see int8.py).
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -27,6 +29,20 @@ EVAL_PROMPTS = ("a yellow tram crossing a bridge over a wide river at dusk",
                 "a wooden bowl of green apples on a checkered tablecloth",
                 "a snow leopard resting on a rocky ledge, telephoto photograph",
                 "a paper boat floating in a puddle after the rain")
+# the accuracy goals per mode (issue 25), checked on every held-out domain: perplexity delta at most, top-1 at least
+GOALS = {"int8": {"ppl_delta_pct": 3.0, "top1_agreement": 0.93}, "fp8": {"ppl_delta_pct": 5.0},
+         "int4": {"ppl_delta_pct": 15.0, "top1_agreement": 0.80}}
+INT4_BYTES_GOAL = 1.15  # int4: weight bytes at most this times a pure-INT4 form's
+
+
+def bar(total: int, desc: str, progress: bool):
+    """A tqdm bar on stderr (count, rate, time left), or a no-op bar when progress is off."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"[report] {desc}", unit="step", disable=not progress, leave=True,
+                dynamic_ncols=True)
+
+
 EVAL_QUESTIONS = ("What do you see in this image?", "Describe the main shapes and their colors.",
                   "Where is the largest object in the picture?", "What could this picture be used for?")
 
@@ -103,11 +119,13 @@ def _nll(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
     return lse - logits[np.arange(len(target)), target]
 
 
-def text_accuracy(fp, q, ids: np.ndarray, chunk: int = 256) -> dict:
+def text_accuracy(fp, q, ids: np.ndarray, chunk: int = 256, progress: bool = False, desc: str = "text") -> dict:
     """Perplexity of both bundles and top-1 agreement, teacher-forced on `ids` (fp, q: opened bundles)."""
     nll_f, nll_q, agree, hit_f, hit_q = [], [], 0, 0, 0
     t0 = time.time()
+    pb = bar(math.ceil(len(ids) / chunk), desc, progress)
     for (s, lf), (_, lq) in zip(tf_logits(fp, ids, chunk), tf_logits(q, ids, chunk)):
+        pb.update(1)
         tgt = ids[s + 1:s + 1 + len(lf)]
         lf, lq = lf[:len(tgt)], lq[:len(tgt)]
         nll_f.append(_nll(lf, tgt))
@@ -116,12 +134,35 @@ def text_accuracy(fp, q, ids: np.ndarray, chunk: int = 256) -> dict:
         agree += int((af == aq).sum())
         hit_f += int((af == tgt).sum())
         hit_q += int((aq == tgt).sum())
+    pb.close()
     nf, nq = np.concatenate(nll_f), np.concatenate(nll_q)
     ppl_f, ppl_q = float(np.exp(nf.mean())), float(np.exp(nq.mean()))
     n = len(nf)
     return {"tokens": n, "ppl_fp": round(ppl_f, 4), "ppl_q": round(ppl_q, 4),
             "ppl_delta_pct": round(100 * (ppl_q / ppl_f - 1), 3), "top1_agreement": round(agree / n, 4),
             "top1_acc_fp": round(hit_f / n, 4), "top1_acc_q": round(hit_q / n, 4), "seconds": round(time.time() - t0, 1)}
+
+
+def domain_accuracy(fp, q, max_tokens: int | None = None, progress: bool = False, domains=None) -> dict:
+    """text_accuracy on every held-out domain (calib.HELDOUT_DOMAINS), each apart: {domain: figures}."""
+    out = {}
+    for name, path in (domains or CB.HELDOUT_DOMAINS).items():
+        ids = text_ids(fp, CB.read_text(path), max_tokens)
+        out[name] = {"file": "quant/data/" + path.rsplit("/", 1)[-1],
+                     **text_accuracy(fp, q, ids, progress=progress, desc=f"text ({name})")}
+    return out
+
+
+def check_goals(mode: str | None, domains: dict) -> dict | None:
+    """The mode's goals (GOALS) on each domain apart: {"goals", "per_domain": {d: {measure: bool}}, "met"}, met only
+    when every domain meets every goal (the average is never what is checked). None for a mode without goals."""
+    goals = GOALS.get(mode or "")
+    if not goals or not domains:
+        return None
+    per = {}
+    for d, r in domains.items():
+        per[d] = {k: (abs(r[k]) <= lim if k == "ppl_delta_pct" else r[k] >= lim) for k, lim in goals.items()}
+    return {"mode": mode, "goals": goals, "per_domain": per, "met": all(all(v.values()) for v in per.values())}
 
 
 # ---- images ----------------------------------------------------------------------------------------------------
@@ -154,11 +195,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
-def image_accuracy(fp, q, prompts=EVAL_PROMPTS, steps: int | None = None) -> dict:
+def image_accuracy(fp, q, prompts=EVAL_PROMPTS, steps: int | None = None, progress: bool = False) -> dict:
     from janus_edge.runtime.pipeline import Pipeline
 
     pf, pq = Pipeline(fp), Pipeline(q)
     agree, cos, tf_agree, psnrs, n_tok, t0 = [], [], [], [], 0, time.time()
+    pb = bar(len(prompts), "images (4 runs per prompt)", progress)
     for p in prompts:
         rf = pf.generate_image(p, n=1, cfg_weight=5.0, temperature=0.0, seed=0)
         rq = pq.generate_image(p, n=1, cfg_weight=5.0, temperature=0.0, seed=0)
@@ -170,6 +212,8 @@ def image_accuracy(fp, q, prompts=EVAL_PROMPTS, steps: int | None = None) -> dic
         cos.append(float(np.mean(np.sum(lf * lq, -1) / (np.linalg.norm(lf, axis=-1) * np.linalg.norm(lq, axis=-1)))))
         tf_agree.append(float((lf.argmax(-1) == lq.argmax(-1)).mean()))
         n_tok += len(toks)
+        pb.update(1)
+    pb.close()
     return {"prompts": len(prompts), "tokens_per_image": int(rf.tokens.shape[1]),
             "greedy_token_agreement": round(float(np.mean(agree)), 4),
             "teacher_forced_top1_agreement": round(float(np.mean(tf_agree)), 4),
@@ -178,12 +222,14 @@ def image_accuracy(fp, q, prompts=EVAL_PROMPTS, steps: int | None = None) -> dic
             "seconds": round(time.time() - t0, 1)}
 
 
-def chat_accuracy(fp, q, questions=EVAL_QUESTIONS, max_new_tokens: int = 32, seed: int = 1000) -> dict:
+def chat_accuracy(fp, q, questions=EVAL_QUESTIONS, max_new_tokens: int = 32, seed: int = 1000,
+                  progress: bool = False) -> dict:
     from janus_edge.runtime.pipeline import Pipeline
 
     pf, pq = Pipeline(fp), Pipeline(q)
     imgs = CB.make_images(len(questions), seed=seed)
     pos_agree, prefix, exact, t0 = [], [], 0, time.time()
+    pb = bar(len(questions), "chat", progress)
     for qu, im in zip(questions, imgs):
         a = list(pf.chat_token_ids(qu, images=[im], max_new_tokens=max_new_tokens))
         b = list(pq.chat_token_ids(qu, images=[im], max_new_tokens=max_new_tokens))
@@ -192,6 +238,8 @@ def chat_accuracy(fp, q, questions=EVAL_QUESTIONS, max_new_tokens: int = 32, see
         pos_agree.append(sum(same) / n)
         prefix.append((same.index(False) if False in same else n) / n)
         exact += int(a == b)
+        pb.update(1)
+    pb.close()
     return {"questions": len(questions), "max_new_tokens": max_new_tokens, "exact_match": exact / len(questions),
             "token_agreement": round(float(np.mean(pos_agree)), 4),
             "common_prefix_fraction": round(float(np.mean(prefix)), 4), "seconds": round(time.time() - t0, 1)}
@@ -248,10 +296,11 @@ def capture_feeds(fp_dir: str, graphs, per_graph: int = 6, image_steps: int = 8)
     return got
 
 
-def graph_accuracy(fp, q, feeds: dict[str, list[dict]]) -> dict:
+def graph_accuracy(fp, q, feeds: dict[str, list[dict]], progress: bool = False) -> dict:
     """Per graph: the fp graph on every feed, its session released, then the quantized one: one of the two
     graphs in memory at a time."""
     out = {}
+    pb = bar(sum(1 for v in feeds.values() if v), "per graph", progress)
     for g, lst in feeds.items():
         if not lst:
             continue
@@ -269,6 +318,8 @@ def graph_accuracy(fp, q, feeds: dict[str, list[dict]]) -> dict:
                 cos.append(float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-30)))
                 mx, top = max(mx, float(np.abs(x - y).max())), max(top, float(np.abs(x).max()))
         q.release(g)
+        pb.update(1)
         out[g] = {"calls": len(lst), "cosine_min": round(min(cos), 6), "cosine_mean": round(float(np.mean(cos)), 6),
                   "max_abs_error": round(mx, 6), "max_abs_ref": round(top, 6)}
+    pb.close()
     return out

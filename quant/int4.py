@@ -17,6 +17,12 @@ it: the exact same graph form (checked by ORT fusing it). Methods (`--method`):
 - `gptq`: GPTQ (Frantar et al. 2022) with the calibrated input Hessian X^T X, group scales chosen by the clip search
   as each group starts, errors propagated to the columns not yet quantized.
 
+- `rot-clip`, `rot-awq-clip`, `rot-gptq`: on `lm`, first the residual-stream rotation folded into the weights
+  (quant/rotate.py, QuaRot-style, exact in fp32; two float MatMuls by a constant at the graph's entry and exit), then
+  the named method on the rotated weights (calibration statistics rotated with them); other graphs get the method.
+- `awq`: true AWQ on `lm` (quant/awq.py): per-input-channel scales searched on the calibration samples and folded
+  into the RMSNorm weights / up_proj columns, then `awq-clip`; other graphs get `awq-clip`.
+
 Block size: the requested one (128) where it divides K, else the largest power of two >= 16 that divides K: hidden
 576 (SmolLM2-135M) gets block 64 (576 = 9 x 64), no padding (padding K would change the activation's shape too).
 Mixed precision: MatMuls whose kind is listed in `opts.int8_layers` (e.g. "down,up,v") get INT8 weights in the
@@ -256,6 +262,17 @@ def quantize_int4(model, graph: str, calib, opts) -> tuple[object, dict]:
         raise ValueError(f"unknown int4 method {method!r}")
     gemms_to_matmul(model)  # the one Gemm -> MatMul (+ float bias Add) rewrite, shared with int8/fp8
     model = to_opset21(model)
+    rots, scaled, base = {}, {}, method.removeprefix("rot-")
+    if method != base and graph == "lm":
+        from .rotate import rotate_lm
+
+        rots = rotate_lm(model, seed=int((getattr(opts, "extra", None) or {}).get("int4", {}).get("seed", 0)))
+    if method == "awq":
+        base = "awq-clip"
+        if graph == "lm" and calib is not None:
+            from .awq import apply_awq
+
+            scaled = apply_awq(model, calib, graph, opts.block_size)
     int8_kinds = set(getattr(opts, "int8_layers", ()) or ())
     ort_form = getattr(opts, "target", "any") == "ort"  # MatMulNBits (ORT only) instead of DQ -> MatMul
     write = nbits_weight if ort_form else dq_weight
@@ -263,6 +280,9 @@ def quantize_int4(model, graph: str, calib, opts) -> tuple[object, dict]:
     kept, counts, blocks = [], {"int4": 0, "int8": 0}, set()
     pairs = weight_matmuls(model)
     for i, (node, t) in enumerate(pairs):
+        if node.name.startswith("/rotate_"):  # the rotation's entry / exit MatMuls stay float
+            kept.append(node.name)
+            continue
         w = graphio.array(t)
         block = block_for(w.shape[0], opts.block_size, TRT_BLOCKS if trt_form else None)
         if block is None or w.dtype not in (np.float32, np.float16):
@@ -271,7 +291,15 @@ def quantize_int4(model, graph: str, calib, opts) -> tuple[object, dict]:
         kind, _ = layer_of(node.name)
         bits = 8 if kind in int8_kinds else 4
         stats = _stats_for(calib, graph, node.input[0])
-        q, s = quantize_weight(w, block, bits, method if stats or method in ("rtn", "clip") else "clip", stats)
+        if node.input[0] in rots:
+            from .rotate import rotate_stats
+
+            stats = rotate_stats(stats, rots[node.input[0]])
+        if node.input[0] in scaled:
+            from .awq import scale_stats
+
+            stats = scale_stats(stats, scaled[node.input[0]])
+        q, s = quantize_weight(w, block, bits, base if stats or base in ("rtn", "clip") else "clip", stats)
         write(model, node, t, q, s, block, bits)
         counts[f"int{bits}"] += 1
         blocks.add(block)
@@ -286,8 +314,9 @@ def quantize_int4(model, graph: str, calib, opts) -> tuple[object, dict]:
              "block_size": opts.block_size, "method": method, "opset": OPSET, "matmuls_int4": counts["int4"],
              "matmuls_int8": counts["int8"], "int8_layers": sorted(int8_kinds), "kept_float": kept,
              "blocks_used": sorted(blocks), **({"target": "ort"} if ort_form else {}),
+             **({"rotation": rots["info"]} if rots else {}), **({"awq": scaled["info"]} if scaled else {}),
              "seconds": round(time.time() - t0, 1)}
     return model, entry
 
 
-INT4_METHODS = ("rtn", "clip", "awq-clip", "gptq")
+INT4_METHODS = ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq", "awq")

@@ -3,7 +3,8 @@
 Per graph: precision, scheme summary (smoothing, kept-float MatMuls, the measured sensitivity table), weight bytes
 before / after, output cosine and max abs error against the fp bundle on held-out real inputs. End to end (through
 `lm` + `lm_head` / `gen_head` / `gen_embed` / `vq_decoder` of both bundles): teacher-forced perplexity and top-1
-agreement on the held-out English text, greedy chat agreement, image-token greedy agreement, CFG-logit cosine and
+agreement on each held-out text domain apart (prose, technical documentation, dialogue) with the mode's goals checked
+per domain, greedy chat agreement, image-token greedy agreement, CFG-logit cosine and
 PSNR of the VQ-decoded images. See evaluate.py for how each figure is measured.
 """
 from __future__ import annotations
@@ -15,7 +16,6 @@ import time
 
 from janus_edge import contract as C
 
-from . import calib as CB
 from . import evaluate as E
 
 SCHEMA = "janus-edge-quant-report/1"
@@ -23,8 +23,11 @@ SCHEMA = "janus-edge-quant-report/1"
 
 def build_report(src: str, qdir: str, pol: dict | None = None, calib=None, text_tokens: int | None = None,
                  image_prompts: int = 4, chat_questions: int = 4, chat_tokens: int = 32, e2e: bool = True,
-                 threads: int | None = None) -> dict:
-    """Measure `qdir` against its fp bundle `src`; returns the report dict."""
+                 threads: int | None = None, scope: str | None = None, progress: bool = False) -> dict:
+    """Measure `qdir` against its fp bundle `src`; returns the report dict. scope: "full" (per graph, text per
+    domain, images, chat), "text" (per graph + text per domain: the default, prefill-only, so it costs about as
+    much as the calibration), "graphs" (per graph only); None: "full" if e2e else "graphs" (older callers)."""
+    scope = scope or ("full" if e2e else "graphs")
     t0 = time.time()
     old, new = C.load_manifest(src), C.load_manifest(qdir)
     pol = pol or {g: e.precision for g, e in new.graphs.items() if e.quantization}
@@ -32,7 +35,7 @@ def build_report(src: str, qdir: str, pol: dict | None = None, calib=None, text_
     fp, q = E.open_bundle(src, threads, config={}), E.open_bundle(qdir, threads)
     feeds = E.capture_feeds(src, quantized)
     gc.collect()  # the capture's own pipeline (a third opened bundle) goes before the graphs are compared
-    per_graph = E.graph_accuracy(fp, q, feeds)
+    per_graph = E.graph_accuracy(fp, q, feeds, progress)
     graphs = {}
     for g in C.GRAPHS:
         eo, en = old.graphs[g], new.graphs[g]
@@ -50,16 +53,20 @@ def build_report(src: str, qdir: str, pol: dict | None = None, calib=None, text_
             "weight_bytes": {"before": sum(e.weight_bytes for e in old.graphs.values()),
                              "after": sum(e.weight_bytes for e in new.graphs.values())},
             "calibration": getattr(calib, "meta", None) if calib is not None else None,
-            "data": {"heldout_text": "quant/data/heldout_en.txt (English prose written by the janus-edge team, "
-                                     "disjoint from the calibration text)",
+            "data": {"heldout_text": "quant/data/heldout_{en,tech,dialogue}.txt (prose, technical documentation, "
+                                     "dialogue; written by the janus-edge team, disjoint from the calibration text)",
                      "chat_images": "procedural (quant.calib.make_images, seed 1000; calibration uses seed 0)",
                      "image_prompts": list(E.EVAL_PROMPTS[:image_prompts])}}
-    if e2e:
-        ids = E.text_ids(fp, CB.read_text(CB.HELDOUT_FILE), text_tokens)
-        data["text"] = E.text_accuracy(fp, q, ids)
-        data["image"] = E.image_accuracy(fp, q, E.EVAL_PROMPTS[:image_prompts]) if image_prompts else None
-        data["chat"] = E.chat_accuracy(fp, q, E.EVAL_QUESTIONS[:chat_questions], chat_tokens) if chat_questions else None
-    data["scope"] = "full" if e2e else "graphs"
+    if scope in ("text", "full"):
+        data["text_domains"] = E.domain_accuracy(fp, q, text_tokens, progress)
+        data["text"] = data["text_domains"]["prose"]  # the figure older readers look for
+        data["goals"] = E.check_goals(pol.get("lm"), data["text_domains"])
+    if scope == "full":
+        data["image"] = (E.image_accuracy(fp, q, E.EVAL_PROMPTS[:image_prompts], progress=progress)
+                         if image_prompts else None)
+        data["chat"] = (E.chat_accuracy(fp, q, E.EVAL_QUESTIONS[:chat_questions], chat_tokens, progress=progress)
+                        if chat_questions else None)
+    data["scope"] = scope
     data["seconds"] = round(time.time() - t0, 1)
     return data
 
@@ -73,8 +80,9 @@ def write_report(src, tmp, old, new, pol, calib, opts, name: str | None = None) 
     from .api import report_scope
 
     knobs = dict((getattr(opts, "extra", None) or {}).get("report", {}))  # test-size knobs (text_tokens, ...)
-    knobs["e2e"] = report_scope(opts) == "full"
-    data = build_report(src, tmp, pol, calib, **knobs)
+    knobs.pop("e2e", None)
+    knobs["scope"] = report_scope(opts)
+    data = build_report(src, tmp, pol, calib, progress=getattr(opts, "progress", False), **knobs)
     if name:  # the bundle's final name, not its staging dir's
         data["bundle"] = name
     save(data, tmp)
@@ -94,6 +102,26 @@ def _mb(b) -> str:
     return f"{b / 1e6:.1f} MB" if b else "-"
 
 
+def domains_markdown(domains: dict | None, goals: dict | None) -> list[str]:
+    """The per-domain text table, each domain's goal check apart."""
+    if not domains:
+        return []
+    L = ["## Held-out text by domain (teacher-forced through lm + lm_head, against the fp bundle)", "",
+         "| domain | tokens | perplexity fp -> quantized | delta | top-1 agreement | goals |", "|---|---|---|---|---|---|"]
+    for name, r in domains.items():
+        ok = (goals or {}).get("per_domain", {}).get(name)
+        mark = "-" if ok is None else ("met" if all(ok.values()) else
+                                       "missed: " + ", ".join(k for k, v in ok.items() if not v))
+        L.append(f"| {name} | {r['tokens']} | {r['ppl_fp']:.3f} -> {r['ppl_q']:.3f} | {r['ppl_delta_pct']:+.2f}% | "
+                 f"{100 * r['top1_agreement']:.2f}% | {mark} |")
+    if goals:
+        g = goals["goals"]
+        L.append(f"\nGoals for {goals['mode']} (every domain): " + ", ".join(
+            f"perplexity <= +{v}%" if k == "ppl_delta_pct" else f"top-1 >= {100 * v:.0f}%" for k, v in g.items())
+                 + f": **{'met' if goals['met'] else 'not met'}** on every domain.")
+    return L + [""]
+
+
 def markdown(d: dict) -> str:
     L = [f"# Quantization report: {d.get('bundle')} (from {d.get('source')})", ""]
     pol = d.get("policy") or {}
@@ -101,14 +129,15 @@ def markdown(d: dict) -> str:
     wb = d.get("weight_bytes", {})
     L.append(f"Weight bytes: {_mb(wb.get('before'))} -> {_mb(wb.get('after'))}.")
     L.append("")
+    L += domains_markdown(d.get("text_domains"), d.get("goals"))
     t = d.get("text")
     if t:
         L += ["## End to end (trained-LM figures when the source is the trained-LM bundle)", "",
               "| measure | value |", "|---|---|",
-              f"| teacher-forced perplexity, fp -> quantized ({t['tokens']} held-out tokens) | {t['ppl_fp']:.3f} -> "
+              f"| teacher-forced perplexity, fp -> quantized ({t['tokens']} held-out prose tokens) | {t['ppl_fp']:.3f} -> "
               f"{t['ppl_q']:.3f} ({t['ppl_delta_pct']:+.2f}%) |",
-              f"| next-token top-1 agreement with fp | {100 * t['top1_agreement']:.2f}% |",
-              f"| top-1 accuracy fp / quantized | {100 * t['top1_acc_fp']:.2f}% / {100 * t['top1_acc_q']:.2f}% |"]
+              f"| next-token top-1 agreement with fp (prose) | {100 * t['top1_agreement']:.2f}% |",
+              f"| top-1 accuracy fp / quantized (prose) | {100 * t['top1_acc_fp']:.2f}% / {100 * t['top1_acc_q']:.2f}% |"]
         im = d.get("image")
         if im:
             L += [f"| image tokens, greedy free-running agreement ({im['prompts']} prompts x {im['tokens_per_image']}) "

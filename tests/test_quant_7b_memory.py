@@ -85,7 +85,7 @@ def test_wide_weights_quantized_in_column_chunks_equal_whole(monkeypatch):
 
 
 def test_report_scope_is_an_option():
-    assert report_scope(QuantOptions()) == "full"
+    assert report_scope(QuantOptions()) == "text"  # the default: per graph + text per domain (no image/chat decode)
     assert report_scope(QuantOptions(report="graphs")) == "graphs"
     assert report_scope(QuantOptions(report=False)) == "none" and report_scope(QuantOptions(report=True)) == "full"
     assert report_scope(QuantOptions(extra={"report": {"e2e": False}})) == "graphs"  # the older way still works

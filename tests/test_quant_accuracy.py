@@ -49,7 +49,7 @@ def tiny_int8(tiny_bundle, tmp_path_factory) -> str:
     from janus_edge.quant.api import QuantOptions, quantize_bundle
 
     out = str(tmp_path_factory.mktemp("q") / "int8")
-    return quantize_bundle(tiny_bundle, out, QuantOptions(mode="int8", progress=False, extra={
+    return quantize_bundle(tiny_bundle, out, QuantOptions(mode="int8", progress=False, report="full", extra={
         "calib": SMALL_CALIB,  # the int8 default policy: down_proj and lm_head kept int8 weight-only
         "report": {"text_tokens": 300, "image_prompts": 1, "chat_questions": 1, "chat_tokens": 6}}))
 
@@ -263,6 +263,9 @@ def test_int8_bundle_graphs_and_report(tiny_int8, tiny_bundle, tmp_path):
     assert t["tokens"] == 299 and t["ppl_fp"] > 0 and t["top1_agreement"] >= 0.9 and abs(t["ppl_delta_pct"]) < 2, t
     assert im["teacher_forced_top1_agreement"] >= 0.85 and im["cfg_logit_cosine_min_prompt"] >= 0.98, im
     assert im["greedy_token_agreement"] >= 0.5 and im["psnr_db_vs_fp"] > 12, im
+    doms = rep["text_domains"]  # every held-out domain apart, each with its own goal check
+    assert set(doms) == set(CB.HELDOUT_DOMAINS) and all(r["tokens"] == 299 for r in doms.values())
+    assert set(rep["goals"]["per_domain"]) == set(doms) and rep["goals"]["mode"] == "int8"
     assert os.path.getsize(os.path.join(tiny_int8, "quant_report.md")) > 500
 
 

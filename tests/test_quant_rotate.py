@@ -1,0 +1,177 @@
+"""The residual-stream rotation folded into the lm graph (quant/rotate.py): exact in fp32 with an orthogonal matrix,
+wrong with a non-orthogonal one; and each new INT4 method's error on a trained layer below round-to-nearest's."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from janus_edge.quant import awq as A
+from janus_edge.quant import rotate as R
+
+
+def _feeds(sess, rows=2, seq=5, past=3, seed=0):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in sess.get_inputs():
+        shape = [{"batch": rows, "rows": rows, "seq": seq, "past": past}.get(d, d) if isinstance(d, str) else d
+                 for d in i.shape]
+        shape = [rows if k == 0 and isinstance(d, str) else d for k, d in enumerate(shape)]
+        if i.name == "position_ids":
+            out[i.name] = np.tile(np.arange(past, past + seq, dtype=np.int64), (rows, 1))
+        elif i.name == "inputs_embeds":
+            out[i.name] = rng.standard_normal((rows, seq, shape[-1])).astype(np.float32)
+        else:  # past K/V [rows, heads, past, head_dim]
+            out[i.name] = rng.standard_normal([rows, shape[1], past, shape[3]]).astype(np.float32)
+    return out
+
+
+def _run(model, feeds):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds))), s
+
+
+def _lm(tiny_bundle):
+    """The tiny lm graph in memory, its RMSNorm weights (ones at init) set to seeded values, so folding them counts."""
+    from onnx import numpy_helper
+
+    model = onnx.load(os.path.join(tiny_bundle, "lm.onnx"))
+    rng = np.random.default_rng(1)
+    for t in model.graph.initializer:
+        if "norm" in t.name and len(t.dims) == 1:
+            t.CopyFrom(numpy_helper.from_array(rng.uniform(0.5, 1.5, t.dims[0]).astype(np.float32), t.name))
+    return model
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(a).max())
+
+
+@pytest.mark.parametrize("orthogonal", [True, False])
+def test_rotated_fp32_graph_equals_the_original(tiny_bundle, orthogonal):
+    model = _lm(tiny_bundle)
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = _feeds(s)
+    ref, _ = _run(model, feeds)
+    dim = feeds["inputs_embeds"].shape[-1]
+    Q = R.rotation(dim, seed=3)
+    assert np.allclose(Q @ Q.T, np.eye(dim), atol=1e-12)
+    if not orthogonal:  # a near-orthogonal matrix (5% off one direction) must break the equality
+        Q = Q @ np.diag(np.r_[1.05, np.ones(dim - 1)])
+    rot = _lm(tiny_bundle)
+    info = R.rotate_lm(rot, matrix=Q)["info"]
+    assert info["norms_folded"] == info["residual_writers"] > 0  # two norms and two residual writers per layer
+    got, _ = _run(rot, feeds)
+    err = max(_rel(ref[k], got[k]) for k in ref)
+    if orthogonal:
+        assert err < 2e-5, err  # hidden_states and every present K/V
+    else:
+        assert err > 1e-3, err
+
+
+def test_rotation_is_orthogonal_for_both_size_kinds():
+    for dim in (64, 576, 2048):
+        Q = R.rotation(dim)
+        assert np.allclose(Q.T @ Q, np.eye(dim), atol=1e-10)
+        assert np.abs(Q).max() < 0.5  # spread: no channel kept as it was
+
+
+def _tokens(trained_ckpt, text, n):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(os.path.join(trained_ckpt, "tokenizer.json"))
+    return tok.encode(text).ids[:n]
+
+
+def test_new_int4_methods_beat_rtn_on_a_trained_layer(trained_model, trained_ckpt):
+    """Layer 10 of the trained LM (SmolLM2-135M): relative output error of q_proj (fed by an RMSNorm: the rotation
+    folds the norm weight and rotates the input) and down_proj (a residual writer: output rotated, measured back in
+    the original basis), calibrated on the calibration text, measured on held-out text. Every method, the rotated
+    ones included, has a smaller error than round-to-nearest."""
+    import torch
+
+    from janus_edge.quant import calib as CB
+    from janus_edge.quant.int4 import block_for, quantize_weight
+
+    lm = trained_model.model.language_model
+    blk = lm.layers[10]
+    acts = {}
+
+    def grab(split):
+        got = {}
+        hooks = [blk.self_attn.q_proj.register_forward_pre_hook(lambda m, a: got.__setitem__("q", a[0][0])),
+                 blk.mlp.down_proj.register_forward_pre_hook(lambda m, a: got.__setitem__("down", a[0][0]))]
+        path = CB.CALIB_TEXT_FILE if split == "calib" else CB.HELDOUT_DOMAINS["tech"]
+        with torch.no_grad():
+            lm(input_ids=torch.tensor([_tokens(trained_ckpt, CB.read_text(path), 384)]))
+        for h in hooks:
+            h.remove()
+        return {k: v.double().numpy() for k, v in got.items()}
+
+    acts = {s: grab(s) for s in ("calib", "held")}
+    w_norm = blk.input_layernorm.weight.detach().double().numpy()
+    dim = w_norm.shape[0]
+    Q = R.rotation(dim)
+    errs = {}
+    for kind, mod in (("q", blk.self_attn.q_proj), ("down", blk.mlp.down_proj)):
+        W = mod.weight.detach().double().numpy().T  # [K, N]: y = x @ W
+        Xc, Xh = acts["calib"][kind], acts["held"][kind]
+        ref = Xh @ W
+        block = block_for(W.shape[0], 128)
+        H = Xc.T @ Xc / len(Xc)
+        plain = {"mean_sq": np.diag(H).astype(np.float32), "hessian": H.astype(np.float32)}
+        for method in ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq", "awq"):
+            base = method.removeprefix("rot-")
+            if method == "awq":  # true AWQ: x / s, diag(s) W with s searched on the calibration rows
+                sc, _ = A.search_scales(Xc, [W], block)
+                Wq, X, st, back, base = W * sc[:, None], Xh / sc, A.scale_stats(plain, sc), None, "awq-clip"
+            elif method == base:
+                Wq, X, st, back = W, Xh, plain, None
+            elif kind == "q":  # folded: W' = Q^T diag(w) W on the rotated, unweighted norm output (x / rms) Q
+                Wq, X, back = Q.T @ (w_norm[:, None] * W), (Xh / w_norm) @ Q, None
+                st = R.rotate_stats(plain, (Q, 1.0 / w_norm))
+            else:  # residual writer: W' = W Q, output rotated; back to the original basis to compare
+                Wq, X, st, back = W @ Q, Xh, plain, Q.T
+            q, s = quantize_weight(Wq.astype(np.float32), block, 4, base, st)
+            dq = (q.reshape(-1, block, q.shape[1]) * s[:, None, :]).reshape(q.shape).astype(np.float64)
+            y = X @ dq if back is None else X @ dq @ back
+            errs[(kind, method)] = float(np.sum((y - ref) ** 2) / np.sum(ref ** 2))
+    for (kind, method), e in errs.items():
+        if method != "rtn":
+            assert e < errs[(kind, "rtn")], (kind, method, errs)
+    print({f"{k}/{m}": round(e, 5) for (k, m), e in errs.items()})
+
+
+def test_awq_scales_fold_exactly(tiny_bundle):
+    """quant/awq.py folds 1/s into the RMSNorm weights and up_proj's columns and s into the linears: the fp32 graph
+    computes the same outputs (the scales searched on samples with outlier channels, so they are far from 1)."""
+    import onnxruntime as ort
+
+    model = _lm(tiny_bundle)
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = _feeds(s)
+    ref, _ = _run(model, feeds)
+    from janus_edge.quant.int4 import layer_of
+
+    rng = np.random.default_rng(0)
+    acts = {}
+    for n in model.graph.node:
+        if n.op_type == "MatMul" and layer_of(n.name)[0] in ("q", "k", "v", "gate", "up", "down"):
+            k = [t for t in model.graph.initializer if t.name == n.input[1]][0].dims[0]
+            x = rng.standard_normal((64, k)).astype(np.float32) * np.where(np.arange(k) % 7 == 0, 30.0, 1.0)
+            acts[n.input[0]] = {"samples": x, "mean_sq": (x ** 2).mean(0)}
+    got_model = _lm(tiny_bundle)
+    info = A.apply_awq(got_model, {"lm": acts}, "lm", 128)["info"]
+    n_layers = sum(1 for n in model.graph.node if layer_of(n.name)[0] == "down")
+    assert info["groups"] == 3 * n_layers and info["alpha_mean"] > 0  # q/k/v, gate/up, down in every layer
+    got, _ = _run(got_model, feeds)
+    err = max(_rel(ref[k], got[k]) for k in ref)
+    assert err < 2e-5, err
