@@ -104,7 +104,7 @@ def _build_model(preset: str, seed: int) -> JanusForConditionalGeneration:
 
 
 BLOCK_BYTES = 256 << 20  # fp32 bytes of a subtree initialised as one piece (a decoder layer of Pro-7B: 0.8 GB)
-DEFAULT_DTYPE = {"tiny": "float32", "pro-1b": "float32", "pro-7b": "bfloat16"}  # pro-7b as published (bf16)
+DEFAULT_DTYPE = {"tiny": "float32", "shapes": "float32", "pro-1b": "float32", "pro-7b": "bfloat16"}  # pro-7b as published (bf16)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

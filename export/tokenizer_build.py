@@ -46,6 +46,7 @@ TOKENIZER_SPECS = {
     "tiny": TokenizerSpec(vocab_size=1024, bpe_size=900, ids=TINY_IDS),
     "pro-1b": TokenizerSpec(vocab_size=102400, bpe_size=1000, ids=PRO_IDS),
     "pro-7b": TokenizerSpec(vocab_size=102400, bpe_size=1000, ids=PRO_IDS),
+    "shapes": TokenizerSpec(vocab_size=1024, bpe_size=900, ids=TINY_IDS),
 }
 
 _CORPUS = """
@@ -74,13 +75,23 @@ one. Explain why the sky is blue in one short paragraph. Because sunlight is sca
 """
 
 
-def _train_bpe(bpe_size: int) -> Tokenizer:
+def _shapes_corpus() -> str:
+    """The shapes grammar (every caption and question, many times) before the general corpus, so that each word of
+    the grammar is one token."""
+    from janus_edge.shapes.scenes import QUESTIONS, all_triples, caption
+
+    lines = [caption(*t) for t in all_triples()] + list(QUESTIONS.values())
+    answers = " ".join(w for t in all_triples() for w in t)
+    return "\n".join(lines * 4 + [answers] * 4) + "\n" + _CORPUS
+
+
+def _train_bpe(bpe_size: int, corpus: str = _CORPUS) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=bpe_size, min_frequency=1, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
-    lines = [line for line in _CORPUS.strip().splitlines() if line.strip()]
+    lines = [line for line in corpus.strip().splitlines() if line.strip()]
     tok.train_from_iterator(lines * 4, trainer=trainer)
     return tok
 
@@ -98,7 +109,7 @@ def _full_vocab(trained: dict, spec: TokenizerSpec) -> dict:
 def build_tokenizer(preset: str) -> Tokenizer:
     """The `tokenizers` Tokenizer of a preset: byte-level BPE, Janus special tokens, BOS prepended."""
     spec = TOKENIZER_SPECS[preset]
-    trained = _train_bpe(spec.bpe_size)
+    trained = _train_bpe(spec.bpe_size, _shapes_corpus() if preset == "shapes" else _CORPUS)
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in _merges(trained)]
     tok = Tokenizer(models.BPE(vocab=_full_vocab(trained.get_vocab(), spec), merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -130,7 +141,7 @@ def _merges(tok: Tokenizer) -> list:
 
 def build_hf_tokenizer(preset: str):
     """The transformers fast tokenizer over `build_tokenizer(preset)`, with what JanusProcessor reads."""
-    return hf_tokenizer(build_tokenizer(preset), TOKENIZER_SPECS[preset], 16384 if preset != "tiny" else 2048)
+    return hf_tokenizer(build_tokenizer(preset), TOKENIZER_SPECS[preset], 2048 if preset in ("tiny", "shapes") else 16384)
 
 
 def hf_tokenizer(tok: Tokenizer, spec: TokenizerSpec, model_max_length: int, texts: dict | None = None):

@@ -22,8 +22,16 @@ def command(name: str):
     return deco
 
 
-@command("init-random")
-def _init_random(a) -> int:
+@command("init")
+def _init(a) -> int:
+    if a.preset == "shapes":  # the one preset trained in this repo (export/shapes_model.py)
+        from janus_edge.errors import InputError
+        from janus_edge.export.shapes_model import init_shapes
+
+        if getattr(a, "dtype", None) not in (None, "float32"):
+            raise InputError("the shapes preset is written in float32 only")
+        print(init_shapes(a.out, force=a.force))
+        return 0
     if a.preset == "smollm2-135m":  # the one preset whose language model is trained (export/trained_lm.py)
         from janus_edge.errors import InputError
         from janus_edge.export.trained_lm import init_trained_lm
@@ -35,6 +43,19 @@ def _init_random(a) -> int:
     from janus_edge.export.init_random import init_random
 
     print(init_random(a.preset, a.out, seed=a.seed, force=a.force, dtype=a.dtype))
+    return 0
+
+
+COMMANDS["init-random"] = _init  # the old name, kept as an alias
+
+
+@command("train-shapes")
+def _train_shapes(a) -> int:
+    from janus_edge.export.shapes_train import TrainConfig, train_shapes
+
+    print(train_shapes(TrainConfig(out=a.out, seed=a.seed, vq_steps=a.vq_steps, lm_steps=a.lm_steps,
+                                   minutes=a.minutes, threads=a.threads, force=a.force, init_from=a.init_from,
+                                   vq_lr=a.vq_lr, lm_lr=a.lm_lr, vq_share=a.vq_share)))
     return 0
 
 

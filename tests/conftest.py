@@ -228,3 +228,31 @@ def one_error_line():
         return lines[0]
 
     return check
+
+
+@pytest.fixture(scope="session")
+def shapes_ckpt(tmp_path_factory) -> str:
+    """The trained shapes checkpoint (HF format), written once per session from the committed weights."""
+    pytest.importorskip("torch", reason="the export toolchain is not installed (runtime-only venv, e.g. CI's 3.10)")
+    from janus_edge.export.shapes_model import init_shapes
+
+    return init_shapes(str(tmp_path_factory.mktemp("ckpt") / "shapes"))
+
+
+@pytest.fixture(scope="session")
+def shapes_bundle(request, tmp_path_factory) -> str:
+    """The fp32 bundle of the trained shapes model ($JANUS_EDGE_SHAPES_BUNDLE: one exported beforehand)."""
+    if os.environ.get("JANUS_EDGE_SHAPES_BUNDLE"):
+        return os.environ["JANUS_EDGE_SHAPES_BUNDLE"]
+    from janus_edge.export.exporter import ExportOptions, export_bundle
+
+    return export_bundle(request.getfixturevalue("shapes_ckpt"), str(tmp_path_factory.mktemp("bundle") / "shapes"),
+                         options=ExportOptions(progress=False))
+
+
+@pytest.fixture(scope="session")
+def shapes_model(shapes_ckpt):
+    """transformers' JanusForConditionalGeneration of `shapes_ckpt` (eval mode, float32)."""
+    from janus_edge.export.checkpoint import load_checkpoint
+
+    return load_checkpoint(shapes_ckpt).model

@@ -119,7 +119,7 @@ def test_pro_configs():
     assert (t7.hidden_size, t7.num_hidden_layers, t7.num_attention_heads, t7.intermediate_size) == (4096, 30, 32,
                                                                                                    11008)
     assert c7.vision_config.projection_dim == c7.vq_config.projection_dim == 4096
-    assert set(PRESETS) == {"tiny", "pro-1b", "pro-7b"}
+    assert set(PRESETS) == {"tiny", "shapes", "pro-1b", "pro-7b"}
 
 
 def test_seeded_and_refuses_existing(tmp_path, tiny_ckpt):
