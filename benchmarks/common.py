@@ -174,3 +174,15 @@ def key_of(obj) -> str:
     import json
 
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def write_results(state: dict, out: str, markdown) -> None:
+    """OUT.json (the state) and OUT.md (`markdown(state)`), the pair every results script writes."""
+    import json
+
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".json", "w") as fh:
+        json.dump(state, fh, indent=1, default=float)
+        fh.write("\n")
+    with open(out + ".md", "w") as fh:
+        fh.write(markdown(state))

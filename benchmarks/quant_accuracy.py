@@ -225,12 +225,9 @@ def main(argv=None) -> int:
 
 
 def write(state: dict, out: str) -> None:
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out + ".json", "w") as fh:
-        json.dump(state, fh, indent=1, default=float)
-        fh.write("\n")
-    with open(out + ".md", "w") as fh:
-        fh.write(markdown(state))
+    from janus_edge.benchmarks.common import write_results
+
+    write_results(state, out, markdown)
 
 
 def markdown(s: dict) -> str:

@@ -2,26 +2,15 @@
 client, gRPC). Skipped with the reason where tritonserver or tritonclient is absent (as tests/test_serving.py)."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
-if os.environ.get("JANUS_EDGE_REQUIRE_TRITON") != "1":
-    pytest.importorskip("tritonclient.grpc", reason="tritonclient[http,grpc] not installed (pip install -e .[serve])")
+from triton_helpers import triton_mark
 
-from janus_edge.errors import BackendUnavailable  # noqa: E402
-from janus_edge.serving.launch import TritonServer, find_triton  # noqa: E402
+pytestmark = triton_mark()  # before the serving imports below: skips the module without tritonclient
+
+from janus_edge.serving.launch import TritonServer  # noqa: E402
 from janus_edge.serving.repo import RepoOptions, write_repo  # noqa: E402
-
-try:
-    find_triton()
-    MISSING = None
-except BackendUnavailable as e:
-    MISSING = str(e)
-if MISSING is not None and os.environ.get("JANUS_EDGE_REQUIRE_TRITON") == "1":
-    raise RuntimeError(f"JANUS_EDGE_REQUIRE_TRITON=1 but {MISSING}")
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"tritonserver absent: {MISSING}")
 
 
 @pytest.fixture(scope="module")

@@ -11,22 +11,13 @@ import time
 import numpy as np
 import pytest
 
-if os.environ.get("JANUS_EDGE_REQUIRE_TRITON") != "1":
-    pytest.importorskip("tritonclient.grpc", reason="tritonclient[http,grpc] not installed (pip install -e .[serve])")
+from triton_helpers import triton_mark
 
-from janus_edge.errors import BackendUnavailable  # noqa: E402
+pytestmark = triton_mark()  # before the serving imports below: skips the module without tritonclient
+
 from janus_edge.serving import client  # noqa: E402
-from janus_edge.serving.launch import TritonServer, find_triton  # noqa: E402
+from janus_edge.serving.launch import TritonServer  # noqa: E402
 from janus_edge.serving.repo import RepoOptions, write_repo  # noqa: E402
-
-try:
-    find_triton()
-    MISSING = None
-except BackendUnavailable as e:
-    MISSING = str(e)
-if MISSING is not None and os.environ.get("JANUS_EDGE_REQUIRE_TRITON") == "1":
-    raise RuntimeError(f"JANUS_EDGE_REQUIRE_TRITON=1 but {MISSING}")
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"tritonserver absent: {MISSING}")
 
 ROWS, MAX_LEN = 8, 2048  # the tiny preset's max positions: a long stream outlasts a client's close on a fast machine
 # (transport, prompt, n, cfg, temperature, top_k, top_p, seed)
