@@ -21,7 +21,7 @@ ALPHAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 
 
 def _dq(w: np.ndarray, block: int, stats: dict | None) -> np.ndarray:
-    from .int4 import quantize_weight
+    from .int4_weights import quantize_weight
 
     q, s = quantize_weight(w.astype(np.float32), block, 4, "awq-clip" if stats else "clip", stats)
     return (q.reshape(-1, block, q.shape[1]) * s[:, None, :]).reshape(q.shape)
@@ -56,7 +56,7 @@ def _set(model, inits: dict, name: str, arr: np.ndarray) -> None:
 def apply_awq(model, calib, graph: str, block_size: int) -> dict:
     """Search and fold the scales in place. Returns {activation name: s} (the int4 rewrite divides that input's
     calibration statistics by s) plus "info"."""
-    from .int4 import _stats_for, block_for, layer_of
+    from .int4_weights import _stats_for, block_for, layer_of
     from .rotate import _norm_muls
 
     inits = graphio.initializers(model)

@@ -73,7 +73,7 @@ def rotate_lm(model, seed: int = 0, matrix: np.ndarray | None = None) -> dict:
     matrix instead of `rotation(H, seed)` (tests: a non-orthogonal one must break exactness)."""
     from onnx import helper, numpy_helper
 
-    from .int4 import layer_of
+    from .int4_weights import layer_of
 
     inits = graphio.initializers(model)
     muls = _norm_muls(model, inits)

@@ -15,7 +15,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from janus_edge.quant import graphio, int4  # noqa: E402
+from janus_edge.quant import graphio, int4, int4_weights  # noqa: E402
 from janus_edge.quant.api import QuantOptions, quantize_bundle, report_scope  # noqa: E402
 
 
@@ -73,12 +73,12 @@ def test_wide_weights_quantized_in_column_chunks_equal_whole(monkeypatch):
     rng = np.random.default_rng(1)
     w = (rng.standard_normal((256, 96), dtype=np.float32) * 0.05).astype(np.float16)
     stats = {"mean_sq": rng.random(256).astype(np.float32) + 0.1}
-    whole = int4.quantize_weight(w, 128, 4, "awq-clip", stats)
-    monkeypatch.setattr(int4, "COLUMN_CHUNK", 256 * 20)  # 20 columns per pass: 5 passes, the last one short
+    whole = int4_weights.quantize_weight(w, 128, 4, "awq-clip", stats)
+    monkeypatch.setattr(int4_weights, "COLUMN_CHUNK", 256 * 20)  # 20 columns per pass: 5 passes, the last one short
     calls = []
-    real = int4._quantize_columns
-    monkeypatch.setattr(int4, "_quantize_columns", lambda *a: calls.append(a[0].shape) or real(*a))
-    chunked = int4.quantize_weight(w, 128, 4, "awq-clip", stats)
+    real = int4_weights._quantize_columns
+    monkeypatch.setattr(int4_weights, "_quantize_columns", lambda *a: calls.append(a[0].shape) or real(*a))
+    chunked = int4_weights.quantize_weight(w, 128, 4, "awq-clip", stats)
     assert len(calls) == 5 and calls[-1] == (256, 16)
     np.testing.assert_array_equal(whole[0], chunked[0])
     np.testing.assert_array_equal(whole[1], chunked[1])
