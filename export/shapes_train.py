@@ -81,6 +81,17 @@ def _schedule(step: int, steps: int, t0: float, budget_s: float | None, lr: floa
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
 
 
+def _step_lr(opt, step: int, steps: int, t0: float, budget_s: float | None, lr: float, warmup_cap: int) -> bool:
+    """Set this step's learning rate (`_schedule`, warm-up min(warmup_cap, steps / 10)) on every group; False when the
+    time budget is spent (the stage ends)."""
+    if budget_s and time.time() - t0 > budget_s:
+        return False
+    now = _schedule(step, steps, t0, budget_s, lr, min(warmup_cap, max(1, steps // 10)))
+    for g in opt.param_groups:
+        g["lr"] = now
+    return True
+
+
 def _bar(total: int, desc: str, on: bool):
     from tqdm import tqdm
 
@@ -127,11 +138,8 @@ def train_vq(vq, cfg: TrainConfig, log: Log, budget_s: float | None) -> None:
     t0 = time.time()
     with _bar(cfg.vq_steps, "VQ", cfg.progress) as bar:
         for step in range(cfg.vq_steps):
-            if budget_s and time.time() - t0 > budget_s:
+            if not _step_lr(opt, step, cfg.vq_steps, t0, budget_s, cfg.vq_lr, 20):
                 break
-            lr = _schedule(step, cfg.vq_steps, t0, budget_s, cfg.vq_lr, min(20, max(1, cfg.vq_steps // 10)))
-            for g in opt.param_groups:
-                g["lr"] = lr
             batch = S.sample_scenes(cfg.vq_batch, int(rng.integers(1 << 31)))
             x = to_pixels(S.scene_images(batch, int(rng.integers(1 << 31))))
             rec, cb, idx = vq_forward(vq, x)
@@ -145,7 +153,7 @@ def train_vq(vq, cfg: TrainConfig, log: Log, budget_s: float | None) -> None:
             if cfg.restart_every and (step + 1) % cfg.restart_every == 0:
                 _restart_dead_codes(vq, x, used, rng)
                 used[:] = False
-            log.row("vq", step, loss.item(), rloss.item(), cb.item(), lr)
+            log.row("vq", step, loss.item(), rloss.item(), cb.item(), opt.param_groups[0]["lr"])
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
     vq.eval()
@@ -263,11 +271,8 @@ def train_lm(model, data: Data, P: Prompts, cfg: TrainConfig, log: Log, budget_s
     n = len(data.scenes)
     with _bar(cfg.lm_steps, "LM", cfg.progress) as bar:
         for step in range(cfg.lm_steps):
-            if budget_s and time.time() - t0 > budget_s:
+            if not _step_lr(opt, step, cfg.lm_steps, t0, budget_s, cfg.lm_lr, 50):
                 break
-            lr = _schedule(step, cfg.lm_steps, t0, budget_s, cfg.lm_lr, min(50, max(1, cfg.lm_steps // 10)))
-            for g in opt.param_groups:
-                g["lr"] = lr
             batch = make_batch(data, P, rng.integers(0, n, cfg.lm_batch), rng.integers(0, n, cfg.lm_batch), rng,
                                cfg.uncond_p)
             loss, gen, und = lm_loss(model, batch, P.ids["image"])
@@ -275,7 +280,7 @@ def train_lm(model, data: Data, P: Prompts, cfg: TrainConfig, log: Log, budget_s
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            log.row("lm", step, loss.item(), gen.item(), und.item(), lr)
+            log.row("lm", step, loss.item(), gen.item(), und.item(), opt.param_groups[0]["lr"])
             bar.update(1)
             bar.set_postfix(gen=f"{gen.item():.3f}", chat=f"{und.item():.3f}")
     model.eval()
