@@ -128,30 +128,27 @@ def tiny_model(tiny_ckpt):
     return load_checkpoint(tiny_ckpt).model
 
 
+def _bundle_of(request, tmp_path_factory, env: str, ckpt_fixture: str, name: str, **opts) -> str:
+    """$`env` (a bundle exported beforehand, e.g. for runs without torch), else the export of the checkpoint fixture
+    `ckpt_fixture` into a session temp dir `name`, with ExportOptions(**opts)."""
+    if os.environ.get(env):
+        return os.environ[env]
+    from janus_edge.export.exporter import ExportOptions, export_bundle
+
+    return export_bundle(request.getfixturevalue(ckpt_fixture), str(tmp_path_factory.mktemp("bundle") / name),
+                         options=ExportOptions(progress=False, **opts))
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(request, tmp_path_factory) -> str:
     """The fp32 bundle of `tiny_ckpt` ($JANUS_EDGE_TINY_BUNDLE: one exported beforehand, for runs without torch)."""
-    import os
-
-    if os.environ.get("JANUS_EDGE_TINY_BUNDLE"):
-        return os.environ["JANUS_EDGE_TINY_BUNDLE"]
-    from janus_edge.export.exporter import ExportOptions, export_bundle
-
-    return export_bundle(request.getfixturevalue("tiny_ckpt"), str(tmp_path_factory.mktemp("bundle") / "fp32"),
-                         options=ExportOptions(progress=False))
+    return _bundle_of(request, tmp_path_factory, "JANUS_EDGE_TINY_BUNDLE", "tiny_ckpt", "fp32")
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle_fp16(request, tmp_path_factory) -> str:
     """The fp16 bundle of `tiny_ckpt` ($JANUS_EDGE_TINY_BUNDLE_FP16: one exported beforehand)."""
-    import os
-
-    if os.environ.get("JANUS_EDGE_TINY_BUNDLE_FP16"):
-        return os.environ["JANUS_EDGE_TINY_BUNDLE_FP16"]
-    from janus_edge.export.exporter import ExportOptions, export_bundle
-
-    return export_bundle(request.getfixturevalue("tiny_ckpt"), str(tmp_path_factory.mktemp("bundle") / "fp16"),
-                         options=ExportOptions(dtype="float16", progress=False))
+    return _bundle_of(request, tmp_path_factory, "JANUS_EDGE_TINY_BUNDLE_FP16", "tiny_ckpt", "fp16", dtype="float16")
 
 
 def _trained_lm_or_skip() -> None:
@@ -242,12 +239,7 @@ def shapes_ckpt(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def shapes_bundle(request, tmp_path_factory) -> str:
     """The fp32 bundle of the trained shapes model ($JANUS_EDGE_SHAPES_BUNDLE: one exported beforehand)."""
-    if os.environ.get("JANUS_EDGE_SHAPES_BUNDLE"):
-        return os.environ["JANUS_EDGE_SHAPES_BUNDLE"]
-    from janus_edge.export.exporter import ExportOptions, export_bundle
-
-    return export_bundle(request.getfixturevalue("shapes_ckpt"), str(tmp_path_factory.mktemp("bundle") / "shapes"),
-                         options=ExportOptions(progress=False))
+    return _bundle_of(request, tmp_path_factory, "JANUS_EDGE_SHAPES_BUNDLE", "shapes_ckpt", "shapes")
 
 
 @pytest.fixture(scope="session")
