@@ -62,13 +62,43 @@ def build_report(src: str, qdir: str, pol: dict | None = None, calib=None, text_
         data["text"] = data["text_domains"]["prose"]  # the figure older readers look for
         data["goals"] = E.check_goals(pol.get("lm"), data["text_domains"])
     if scope == "full":
-        data["image"] = (E.image_accuracy(fp, q, E.EVAL_PROMPTS[:image_prompts], progress=progress)
-                         if image_prompts else None)
+        shapes = _is_shapes(fp)
+        prompts = _shapes_captions(image_prompts) if shapes else list(E.EVAL_PROMPTS[:image_prompts])
+        data["data"]["image_prompts"] = prompts
+        data["image"] = E.image_accuracy(fp, q, prompts, progress=progress) if image_prompts else None
+        if shapes:  # the shapes model: pictures and answers scored by ShapeEval, fp and quantized side by side
+            data["shapes"] = _shapes_rows(fp, q)
         data["chat"] = (E.chat_accuracy(fp, q, E.EVAL_QUESTIONS[:chat_questions], chat_tokens, progress=progress)
                         if chat_questions else None)
     data["scope"] = scope
     data["seconds"] = round(time.time() - t0, 1)
     return data
+
+
+def _is_shapes(fp) -> bool:
+    from janus_edge.runtime.pipeline import Pipeline
+    from janus_edge.shapes.evaluate import is_shapes_bundle
+
+    return is_shapes_bundle(Pipeline(fp))
+
+
+def _shapes_captions(n: int) -> list[str]:
+    from janus_edge.shapes import scenes as S
+
+    triples = S.all_triples()
+    return [S.Scene(*t).caption for t in triples[:: max(1, len(triples) // max(n, 1))][:n]]
+
+
+def _shapes_rows(fp, q, captions: int = 36, chat_scenes: int = 36) -> dict:
+    """ShapeEval (greedy pictures, CFG 5) and exact chat answers of both bundles on the shapes grammar, and the
+    quantized pictures against the fp ones (janus_edge/shapes/evaluate.py)."""
+    from janus_edge.runtime.pipeline import Pipeline
+    from janus_edge.shapes import scenes as S
+    from janus_edge.shapes.evaluate import shapes_rows
+
+    t = S.all_triples()
+    return shapes_rows(Pipeline(fp), Pipeline(q), t[:: len(t) // captions][:captions],
+                       t[1:: len(t) // chat_scenes][:chat_scenes])
 
 
 def write_report(src, tmp, old, new, pol, calib, opts, name: str | None = None) -> None:
@@ -122,6 +152,28 @@ def domains_markdown(domains: dict | None, goals: dict | None) -> list[str]:
     return L + [""]
 
 
+def shapes_markdown(sh: dict | None) -> list[str]:
+    """The shapes model's picture and chat rows (ShapeEval), fp and quantized."""
+    if not sh:
+        return []
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    L = [f"## Pictures and answers (the shapes model, ShapeEval: {sh['captions']} captions greedy at CFG 5, "
+         f"{sh['chat_scenes']} drawn scenes x 3 questions)", "",
+         "| | fp | quantized |", "|---|---|---|"]
+    fp, q = sh["fp"], sh["quantized"]
+    for k, label in (("all", "pictures fully right (seen triples)"), ("color", "colour right"),
+                     ("shape", "shape right"), ("position", "position right"),
+                     ("held_out", "pictures fully right (held-out triples)")):
+        L.append(f"| {label} | {pct(fp['greedy'][k])} | {pct(q['greedy'][k])} |")
+    L.append(f"| chat answers exact (seen / held-out) | {pct(fp['chat']['all'])} / {pct(fp['chat']['held_out'])} | "
+             f"{pct(q['chat']['all'])} / {pct(q['chat']['held_out'])} |")
+    v = sh["vs_fp"]
+    L += ["", f"Quantized pictures against fp: greedy image tokens equal {pct(v['greedy_token_agreement'])}; PSNR "
+              f"{v['psnr_db_mean']:.1f} dB mean, {v['psnr_db_min']:.1f} dB worst; {v['identical_pictures']} of "
+              f"{sh['captions']} identical.", ""]
+    return L
+
+
 def markdown(d: dict) -> str:
     L = [f"# Quantization report: {d.get('bundle')} (from {d.get('source')})", ""]
     pol = d.get("policy") or {}
@@ -152,6 +204,7 @@ def markdown(d: dict) -> str:
                   f"token agreement / common prefix / exact | {100 * ch['token_agreement']:.1f}% / "
                   f"{100 * ch['common_prefix_fraction']:.1f}% / {100 * ch['exact_match']:.0f}% |"]
         L.append("")
+    L += shapes_markdown(d.get("shapes"))
     L += ["## Per graph (held-out real inputs: a t2i prompt with its CFG decode steps, a chat with an image)", "",
           "| graph | precision | weights before | after | output cosine (min / mean) | max abs error (ref max) |",
           "|---|---|---|---|---|---|"]
