@@ -32,13 +32,13 @@ PRESETS = {
                    vision=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=128,
                                patch_size=16, num_image_tokens=64),
                    vq=_TINY_VQ),
-    # shapes: the small Janus trained in this repo (export/shapes_train.py): 64 px images, 8x8 = 64 image tokens
-    # (VQ with 3 downsamplings), 512 codes; weights committed in export/shapes_weights/.
+    # shapes: the small Janus trained in this repo (export/shapes_train.py): 32 px images, 8x8 = 64 image tokens
+    # of 4 x 4 pixels (VQ with 2 downsamplings), 512 codes; weights committed in export/shapes_weights/.
     "shapes": Preset(hidden=192, layers=4, heads=6, intermediate=512, max_positions=1024,
-                     vision=dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4, image_size=64,
-                                 patch_size=8, num_image_tokens=64, mlp_ratio=2.0),
-                     vq=dict(base_channels=32, channel_multiplier=[1, 2, 2, 4], num_res_blocks=1,
-                             latent_channels=64, num_embeddings=512, embed_dim=8)),
+                     vision=dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                                 patch_size=4, num_image_tokens=64, mlp_ratio=2.0),
+                     vq=dict(base_channels=32, channel_multiplier=[1, 2, 4], num_res_blocks=1,
+                             latent_channels=64, num_embeddings=512, embed_dim=8, num_patches=8)),
     # Janus-Pro-1B: DeepSeek-LLM 1.5B-shaped Llama, SigLIP-L/16 at 384 px, VQ-16 (16384 x 8 codebook).
     "pro-1b": Preset(hidden=2048, layers=24, heads=16, intermediate=5632, max_positions=16384, vision={}, vq={}),
     "pro-7b": Preset(hidden=4096, layers=30, heads=32, intermediate=11008, max_positions=16384, vision={}, vq={}),

@@ -36,9 +36,9 @@ from janus_edge.shapes import scenes as S
 class TrainConfig:
     out: str
     seed: int = 0
-    vq_steps: int = 700
-    lm_steps: int = 1500
-    vq_batch: int = 8
+    vq_steps: int = 1500
+    lm_steps: int = 2000
+    vq_batch: int = 16
     lm_batch: int = 24  # generation rows; as many understanding rows again
     vq_lr: float = 2e-3
     lm_lr: float = 1e-3
@@ -47,7 +47,7 @@ class TrainConfig:
     init_from: str | None = None  # a shapes checkpoint (dir) to continue from instead of the random init
     restart_every: int = 20  # VQ: codes unused in this many steps restart at a latent of the current batch
     minutes: float | None = None  # wall-clock cap of the whole run, split vq_share VQ / the rest LM
-    vq_share: float = 0.4
+    vq_share: float = 0.3
     threads: int = 1  # one thread: reproducible, and on a shared 2-core machine faster than two
     progress: bool = True
     force: bool = False
@@ -60,6 +60,12 @@ class Log:
         self.fh = open(path, "w")
         self.fh.write("stage\tstep\tseconds\tloss\tpart_a\tpart_b\tlr\n")
         self.t0 = time.time()
+
+    def note(self, text: str) -> None:
+        """A line for the person watching (stderr) and the log (as a `# ` comment row)."""
+        print(f"[train-shapes] {text}", file=sys.stderr, flush=True)
+        self.fh.write(f"# {text}\n")
+        self.fh.flush()
 
     def row(self, stage: str, step: int, loss: float, a: float, b: float, lr: float) -> None:
         self.fh.write(f"{stage}\t{step}\t{time.time() - self.t0:.1f}\t{loss:.5f}\t{a:.5f}\t{b:.5f}\t{lr:.6f}\n")
@@ -99,17 +105,34 @@ def _bar(total: int, desc: str, on: bool):
 
 
 # ---- stage 1: VQ -------------------------------------------------------------------------------------------------
-def vq_codes(vq, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(normalised latents [b*h*w, c], normalised code book, codes [b*h*w]): the nearest code by cosine."""
+BLANK_CODE = 0  # the one code of every token whose pixels are all background
+
+
+def blank_tokens(pixels: torch.Tensor, grid: int) -> torch.Tensor:
+    """[b * grid * grid] bool: the tokens whose patch of `pixels` ([b, 3, H, W] in [-1, 1]) is all white."""
+    b, _, hgt, wid = pixels.shape
+    white = (pixels >= 0.99).all(1).view(b, grid, hgt // grid, grid, wid // grid)
+    return white.all(4).all(2).reshape(-1)
+
+
+def vq_codes(vq, pixels: torch.Tensor, blank: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(normalised latents [b*h*w, c], normalised code book, codes [b*h*w]): the nearest code by cosine, and (with
+    `blank`) BLANK_CODE on every all-white token. Without that, the encoder's global view (its attention block)
+    spread each picture's content over all 64 codes (~50 distinct codes a picture, 438 codes for white patches), which
+    the LM then had to predict; pinned, the white ~89% of a picture is one code and the shape's few tokens carry it."""
     h = F.normalize(vq.quant_conv(vq.encoder(pixels)), dim=1)
     flat = h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])
     book = F.normalize(vq.quantize.embedding.weight, dim=1)
-    return flat, book, (flat @ book.t()).argmax(1)
+    idx = (flat @ book.t()).argmax(1)
+    if blank:
+        idx = torch.where(blank_tokens(pixels, h.shape[-1]), torch.full_like(idx, BLANK_CODE), idx)
+    return flat, book, idx
 
 
-def vq_forward(vq, pixels: torch.Tensor):
-    """(reconstruction, codebook loss, codes) with L2-normalised latents and code book."""
-    flat, book, idx = vq_codes(vq, pixels)
+def vq_forward(vq, pixels: torch.Tensor, blank: bool = True):
+    """(reconstruction, codebook loss, codes) with L2-normalised latents and code book; the commitment term pulls
+    the latents of all-white tokens to BLANK_CODE, so the plain nearest-code search (transformers') picks it too."""
+    flat, book, idx = vq_codes(vq, pixels, blank)
     b, c = pixels.shape[0], flat.shape[1]
     hh = ww = int(round((flat.shape[0] // b) ** 0.5))
     q = book[idx]
@@ -134,6 +157,7 @@ def train_vq(vq, cfg: TrainConfig, log: Log, budget_s: float | None) -> None:
     rng = np.random.default_rng(cfg.seed + 1)
     opt = torch.optim.Adam(vq.parameters(), lr=cfg.vq_lr, betas=(0.9, 0.99))
     used = torch.zeros(vq.quantize.embedding.weight.shape[0], dtype=torch.bool)
+    vq.to(memory_format=torch.channels_last)  # ~30% faster convolutions on the CPU (measured), same maths
     vq.train()
     t0 = time.time()
     with _bar(cfg.vq_steps, "VQ", cfg.progress) as bar:
@@ -141,10 +165,13 @@ def train_vq(vq, cfg: TrainConfig, log: Log, budget_s: float | None) -> None:
             if not _step_lr(opt, step, cfg.vq_steps, t0, budget_s, cfg.vq_lr, 20):
                 break
             batch = S.sample_scenes(cfg.vq_batch, int(rng.integers(1 << 31)))
-            x = to_pixels(S.scene_images(batch, int(rng.integers(1 << 31))))
+            x = to_pixels(S.scene_images(batch, int(rng.integers(1 << 31)))).contiguous(
+                memory_format=torch.channels_last)
             rec, cb, idx = vq_forward(vq, x)
             used[idx.unique()] = True
-            weight = 1.0 + 4.0 * (x < 0.99).any(1, keepdim=True).float()  # the shape's pixels count 5x
+            # the shape's pixels and a pixel around it count 5x: both sides of every edge alike (weighting only the
+            # shape's own pixels rewards painting past its edges, which made rounded blobs of every shape)
+            weight = 1.0 + 4.0 * F.max_pool2d((x < 0.99).any(1, keepdim=True).float(), 3, 1, 1)
             rloss = (weight * ((rec - x) ** 2 + (rec - x).abs())).mean()
             loss = rloss + cb
             opt.zero_grad(set_to_none=True)
@@ -155,10 +182,29 @@ def train_vq(vq, cfg: TrainConfig, log: Log, budget_s: float | None) -> None:
                 used[:] = False
             log.row("vq", step, loss.item(), rloss.item(), cb.item(), opt.param_groups[0]["lr"])
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    vq.eval()
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    vq.eval().to(memory_format=torch.contiguous_format)
     with torch.no_grad():  # stored normalised: transformers' plain L2 search then picks the same codes
         vq.quantize.embedding.weight.copy_(F.normalize(vq.quantize.embedding.weight, dim=1))
+    rate, plain = reconstruction_rate(vq)
+    log.note(f"VQ reconstructions of 216 drawn scenes (all 108 triples): ShapeEval {100 * rate:.1f}% fully right; "
+             f"the plain nearest-code search picks the blank code on {100 * plain:.1f}% of all-white tokens")
+
+
+def reconstruction_rate(vq, seed: int = 123) -> tuple[float, float]:
+    """(ShapeEval's rate on the VQ's reconstructions of drawn scenes, 2 of each triple: what the decoder draws from
+    the codes the LM learns; the share of all-white tokens the plain nearest-code search maps to BLANK_CODE)."""
+    from janus_edge.shapes.shapeeval import image_correct
+
+    scenes = [S.Scene(*t) for t in S.all_triples()] * 2
+    x = to_pixels(S.scene_images(scenes, seed))
+    with torch.no_grad():
+        rec = vq_forward(vq, x)[0]
+        _, _, plain = vq_codes(vq, x, blank=False)
+    pics = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    blank = blank_tokens(x, int(round((plain.numel() // len(scenes)) ** 0.5)))
+    return (float(np.mean([image_correct(p, s)["all"] for p, s in zip(pics, scenes)])),
+            float((plain[blank] == BLANK_CODE).float().mean()))
 
 
 # ---- stage 2: the LM, generation + understanding -----------------------------------------------------------------
@@ -195,7 +241,7 @@ class Prompts:
 
 @dataclass
 class Data:
-    images: np.ndarray  # uint8 [n, 64, 64, 3]
+    images: np.ndarray  # uint8 [n, S.SIZE, S.SIZE, 3]
     codes: torch.Tensor  # [n, T]
     scenes: list
 
@@ -282,7 +328,7 @@ def train_lm(model, data: Data, P: Prompts, cfg: TrainConfig, log: Log, budget_s
             opt.step()
             log.row("lm", step, loss.item(), gen.item(), und.item(), opt.param_groups[0]["lr"])
             bar.update(1)
-            bar.set_postfix(gen=f"{gen.item():.3f}", chat=f"{und.item():.3f}")
+            bar.set_postfix(gen=f"{gen.item():.3f}", chat=f"{und.item():.3f}", refresh=False)
     model.eval()
 
 

@@ -62,8 +62,8 @@ def _train_shapes(sub) -> None:
     s = _cmd(sub, "train-shapes", "train the shapes model on this machine (docs/shapes.md)")
     s.add_argument("--out", required=True, metavar="DIR", help="checkpoint + shapes_fp16.safetensors + train_log.tsv")
     s.add_argument("--seed", type=int, default=0, help="seed of the scenes, the initial weights and the batches")
-    s.add_argument("--vq-steps", type=int, default=700, help="VQ training steps (batch 8); 0 keeps --init-from's VQ")
-    s.add_argument("--lm-steps", type=int, default=1500, help="language-model steps (24 generation + 24 chat rows)")
+    s.add_argument("--vq-steps", type=int, default=1500, help="VQ training steps (batch 16); 0 keeps --init-from's VQ")
+    s.add_argument("--lm-steps", type=int, default=2000, help="language-model steps (24 generation + 24 chat rows)")
     s.add_argument("--minutes", type=float, default=None,
                    help="wall-clock cap, split by --vq-share (stages then end by the clock: not reproducible) "
                         "(default: no cap, the step counts decide)")
@@ -71,7 +71,7 @@ def _train_shapes(sub) -> None:
     s.add_argument("--init-from", default=None, metavar="CKPT",
                    help="continue from this shapes checkpoint (default: fresh weights)")
     s.add_argument("--vq-lr", type=float, default=2e-3, help="VQ learning rate (Adam, cosine to 10%%)")
-    s.add_argument("--vq-share", type=float, default=0.4, help="with --minutes: the VQ stage's share of the time")
+    s.add_argument("--vq-share", type=float, default=0.3, help="with --minutes: the VQ stage's share of the time")
     s.add_argument("--lm-lr", type=float, default=1e-3, help="language-model learning rate (AdamW)")
     _force(s)
 

@@ -114,7 +114,8 @@ def test_int4_runs_through_pipeline_and_bench(int4_bundle, tiny_bundle, tmp_path
     res = p.generate_image("a red fox in snow", temperature=0, seed=0)
     ref = Pipeline.from_bundle(tiny_bundle).generate_image("a red fox in snow", temperature=0, seed=0)
     assert res.tokens.shape == ref.tokens.shape and len(res.images) == 1
-    assert (res.tokens == ref.tokens).mean() > 0.5  # tiny random weights: int4 keeps most greedy tokens
+    # (whether int4 keeps the pictures right is tests/test_shapes_quant.py's check, on the trained shapes model: the
+    # tiny model's greedy tokens are near-constant, so agreeing with them showed nothing)
     assert isinstance(p.chat("What is it?", images=[], max_new_tokens=4), str)
     out = run(BenchConfig(bundles=[tiny_bundle, int4_bundle], steps=2, json_out=str(tmp_path / "b.json"),
                           bandwidth_mb=32, bandwidth_runs=1, bandwidth_probes=1, quiet=True))

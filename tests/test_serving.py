@@ -236,12 +236,12 @@ def test_failed_start_reports_the_log_and_leaves_no_temp_dir(tmp_path):
     assert not os.path.exists(srv.work)
 
 
-def test_bench_task_serving(cli, one_error_line, tiny_bundle, tmp_path):
+def test_bench_task_serving(cli, one_error_line, shapes_bundle, tmp_path):
     """`janus-edge bench --task serving`: a real server, 1/2/4 concurrent closed-loop clients, 3-token images."""
     import json
 
     out = tmp_path / "serving.json"
-    code, stdout, err = cli("bench", tiny_bundle, "--task", "serving", "--json", out, "--steps", 3, "--threads", 1)
+    code, stdout, err = cli("bench", shapes_bundle, "--task", "serving", "--json", out, "--steps", 3, "--threads", 1)
     assert code == 0, err
     r = json.loads(out.read_text())
     assert r["schema"] == "janus-edge-bench-serving/1" and r["steps"] == 3 and r["server_exit"] == 0
@@ -253,5 +253,59 @@ def test_bench_task_serving(cli, one_error_line, tiny_bundle, tmp_path):
         # every request's 3 image-token steps reached the server; batching can only merge them into fewer lm calls
         assert lv["request_steps"] >= 3 * n and 1 <= lv["lm_calls"] <= lv["request_steps"], lv
     assert r["levels"][0]["throughput_x"] == 1.0 and "4 concurrent" in stdout
-    code, _, err = cli("bench", tiny_bundle, tiny_bundle, "--task", "serving", "--json", tmp_path / "x.json")
+    code, _, err = cli("bench", shapes_bundle, shapes_bundle, "--task", "serving", "--json", tmp_path / "x.json")
     assert code == 2 and "one bundle" in one_error_line(err) and not (tmp_path / "x.json").exists()
+
+
+# ---- the trained shapes model served: pictures and answers that mean something -----------------------------------
+@pytest.fixture(scope="module")
+def shapes_server(shapes_bundle, tmp_path_factory):
+    repo = write_repo(shapes_bundle, str(tmp_path_factory.mktemp("triton") / "shapes_repo"),
+                      RepoOptions(rows=ROWS, max_len=256, max_queue=16))
+    srv = TritonServer(repo).start(timeout_s=120)
+    yield srv
+    _stop_cleanly(srv)
+
+
+def test_shapes_served_concurrently_equal_pipeline_and_pass_shapeeval(shapes_server, shapes_bundle):
+    """Six captions (greedy and sampled) and three questions about a drawn scene at once: each result is the
+    Pipeline's, token for token, and the pictures / answers are right by ShapeEval (the tiny model's near-constant
+    tokens could not show a mix-up of rows between requests; these would)."""
+    from janus_edge import Pipeline
+    from janus_edge.shapes import scenes as S
+    from janus_edge.shapes.shapeeval import answer_correct, image_correct
+
+    pipe = Pipeline.from_bundle(shapes_bundle)
+    scenes = [S.Scene(*t) for t in S.train_triples()[3::16]]
+    scene = S.Scene("blue", "square", "bottom left")
+    buf = io.BytesIO()
+    S.draw(scene).save(buf, format="PNG")
+    results: dict = {}
+
+    def run(key, fn):
+        try:
+            results[key] = fn()
+        except Exception as e:  # noqa: BLE001 - recorded and asserted below
+            results[key] = e
+
+    jobs = [(("t2i", i), lambda i=i, s=s: _t2i(shapes_server, ("http" if i % 2 else "grpc", s.caption, 1, 5.0,
+                                                                 0.0 if i < 3 else 1.0, None, None, i)))
+            for i, s in enumerate(scenes)]
+    jobs += [(("chat", a), lambda q=q: _chat(shapes_server, buf.getvalue(), (q, True, 8, 0.0, None)))
+             for a, q in S.QUESTIONS.items()]
+    threads = [threading.Thread(target=run, args=j) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not any(isinstance(v, Exception) for v in results.values()), results
+    right = 0
+    for i, s in enumerate(scenes):
+        ref = pipe.generate_image(s.caption, cfg_weight=5.0, temperature=0.0 if i < 3 else 1.0, seed=i)
+        got = results[("t2i", i)]
+        assert (got.tokens == ref.tokens).all(), f"t2i request {i} differs from Pipeline"
+        right += image_correct(_pixels(got.pngs[0]), s)["all"]
+    assert right >= len(scenes) - 2, f"{right} of {len(scenes)} served pictures right by ShapeEval"
+    for attr, q in S.QUESTIONS.items():
+        assert results[("chat", attr)] == pipe.chat(q, [S.draw(scene)], max_new_tokens=8, temperature=0.0)
+        assert answer_correct(results[("chat", attr)], scene.answer(attr)), (q, results[("chat", attr)])

@@ -25,7 +25,7 @@ def test_scenes_are_seeded():
     a = S.scene_images(S.sample_scenes(8, 3), 4)
     b = S.scene_images(S.sample_scenes(8, 3), 4)
     c = S.scene_images(S.sample_scenes(8, 3), 5)
-    assert a.shape == (8, 64, 64, 3) and a.dtype == np.uint8
+    assert a.shape == (8, S.SIZE, S.SIZE, 3) and a.dtype == np.uint8
     assert (a == b).all() and (a != c).any()
 
 
@@ -38,7 +38,7 @@ def test_detector_reads_drawn_scenes():
 
 
 def test_detector_sees_nothing_on_white_and_reads_answers():
-    blank = np.full((64, 64, 3), 255, np.uint8)
+    blank = np.full((S.SIZE, S.SIZE, 3), 255, np.uint8)
     assert not detect(blank).found
     assert answer_correct(" top left", "top left") and answer_correct("Red.", "red")
     assert not answer_correct("top", "top left") and not answer_correct("red circle", "red")
@@ -79,3 +79,21 @@ def test_training_prompts_are_the_runtime_prompts(shapes_bundle):
     img = S.draw(S.Scene("red", "circle", "top"))
     for q in S.QUESTIONS.values():
         assert pipe.chat_inputs(q, [img])[0] == P.chat(q)
+
+
+def test_blank_tokens_get_the_one_blank_code():
+    """Training pins every all-white token to BLANK_CODE (so the LM learns one code for the background): the mask
+    marks exactly the 4 x 4 patches without a coloured pixel."""
+    torch = pytest.importorskip("torch")
+    from janus_edge.export.shapes_model import new_model
+    from janus_edge.export.shapes_train import BLANK_CODE, blank_tokens, to_pixels, vq_codes
+
+    scenes = [S.Scene("red", "square", "top left"), S.Scene("blue", "triangle", "bottom right")]
+    imgs = S.scene_images(scenes, 3)
+    x = to_pixels(imgs)
+    mask = blank_tokens(x, 8).view(2, 8, 8).numpy()
+    want = (imgs.reshape(2, 8, 4, 8, 4, 3) == 255).all(axis=(2, 4, 5))
+    assert (mask == want).all() and 0.7 < mask.mean() < 0.97
+    with torch.no_grad():
+        codes = vq_codes(new_model(0).model.vqmodel, x)[2].view(2, 8, 8).numpy()
+    assert (codes[mask] == BLANK_CODE).all()

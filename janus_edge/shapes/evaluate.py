@@ -79,7 +79,7 @@ def agreement(rows: list[dict], ref_rows: list[dict]) -> dict:
 
 
 def is_shapes_bundle(pipe) -> bool:
-    """A bundle of the shapes model (or one shaped like it): 64 px pictures of 64 tokens, and a tokenizer in which
+    """A bundle of the shapes model (or one shaped like it): pictures of S.SIZE pixels in 64 tokens, and a tokenizer in which
     every word of the grammar is one token. The quantization report then measures pictures with ShapeEval."""
     d = pipe.dims
     if d.image_size != S.SIZE or d.num_image_tokens != 64:

@@ -19,7 +19,7 @@ SHAPES = ("circle", "square", "triangle")
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 QUESTIONS = {"color": "What color is the shape?", "shape": "What shape is it?", "position": "Where is the shape?"}
 BACKGROUND = (255, 255, 255)
-SIZE = 64  # pixels: the shapes model's image size
+SIZE = 32  # pixels: the shapes model's image size
 
 
 def _held_out() -> tuple:
