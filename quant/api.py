@@ -20,12 +20,13 @@ from janus_edge import contract as C
 from janus_edge.errors import BundleError, InputError
 
 from . import graphio, policy as P
+from .int4_weights import ALL_INT4_METHODS
 
 KV_DTYPES = ("float32", "float16")
 REPORTS = ("full", "text", "graphs", "none")  # --report scopes (QuantOptions.report)
 TARGETS = ("any", "ort", "trt", "orin", "ada", "hopper", "thor")  # where the bundle is meant to run
 NO_FP8 = {"orin": "Jetson Orin (compute capability 8.7) has no FP8: use --mode int8 or int4"}
-METHODS = {"int4": ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq", "awq"), "int8": None, "fp8": None}  # None: the mode module decides
+METHODS = {"int4": ALL_INT4_METHODS, "int8": None, "fp8": None}  # None: the mode module decides
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 DEFAULT_PROMPTS = os.path.join(DATA_DIR, "calib_prompts.txt")
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

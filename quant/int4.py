@@ -45,8 +45,8 @@ import numpy as np
 
 from . import graphio
 from .int4_weights import (  # noqa: F401 (re-exported: the int4 mode's public names)
-    CLIP_GRID, COLUMN_CHUNK, TRT_BLOCKS, TRT_TARGETS, _stats_for, block_for, clip_search, gptq, layer_of,
-    quantize_weight)
+    ALL_INT4_METHODS, CLIP_GRID, COLUMN_CHUNK, TRT_BLOCKS, TRT_TARGETS, _stats_for, block_for, clip_search, gptq,
+    layer_of, quantize_weight, split_method)
 from .rewrite import OPSET, gemms_to_matmul, to_opset21
 
 def pack_int4(q: np.ndarray) -> bytes:
@@ -130,11 +130,10 @@ def quantize_int4(model, graph: str, calib, opts) -> tuple[object, dict]:
         raise ValueError(f"unknown int4 method {method!r}")
     gemms_to_matmul(model)  # the one Gemm -> MatMul (+ float bias Add) rewrite, shared with int8/fp8
     model = to_opset21(model)
-    rots, scaled, base = {}, {}, method.removeprefix("rot-")
-    if method != base and graph == "lm":
-        from .rotate import rotate_lm
-
-        rots = rotate_lm(model, seed=int((getattr(opts, "extra", None) or {}).get("int4", {}).get("seed", 0)))
+    prefix, base = split_method(method)
+    rots, scaled, extra_rot = {}, {}, {}
+    if prefix and graph == "lm":
+        rots, extra_rot = _rotate(model, prefix, int((getattr(opts, "extra", None) or {}).get("int4", {}).get("seed", 0)))
     if method == "awq":
         base = "awq-clip"
         if graph == "lm" and calib is not None:
@@ -163,6 +162,9 @@ def quantize_int4(model, graph: str, calib, opts) -> tuple[object, dict]:
             from .rotate import rotate_stats
 
             stats = rotate_stats(stats, rots[node.input[0]])
+        elif node.input[0] in extra_rot:  # o_proj (per-head) / down_proj (online) inputs: the rotated statistics
+            act, fn, M = extra_rot[node.input[0]]
+            stats = fn(_stats_for(calib, graph, act), M)
         if node.input[0] in scaled:
             from .awq import scale_stats
 
@@ -182,9 +184,33 @@ def quantize_int4(model, graph: str, calib, opts) -> tuple[object, dict]:
              "block_size": opts.block_size, "method": method, "opset": OPSET, "matmuls_int4": counts["int4"],
              "matmuls_int8": counts["int8"], "int8_layers": sorted(int8_kinds), "kept_float": kept,
              "blocks_used": sorted(blocks), **({"target": "ort"} if ort_form else {}),
-             **({"rotation": rots["info"]} if rots else {}), **({"awq": scaled["info"]} if scaled else {}),
+             **({"rotation": {**rots["info"], **extra_rot.get("info", {})}} if rots else {}), **({"awq": scaled["info"]} if scaled else {}),
              "seconds": round(time.time() - t0, 1)}
     return model, entry
 
 
-INT4_METHODS = ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq", "awq")
+def _rotate(model, prefix: str, seed: int) -> tuple[dict, dict]:
+    """The rotations a method prefix names (int4_weights.ROT_PREFIXES), folded into `model` (the lm graph):
+    -> (rotate_lm's result, {new input name: (calibrated activation name, stats transform, matrix)} + "info")."""
+    from . import rotate as R
+
+    rots = R.rotate_lm(model, seed=seed)
+    extra, info = {}, {}
+    if prefix in ("rotvo-", "rotall-"):
+        h = R.rotate_heads(model, seed=seed)
+        info["heads"] = h["info"]
+        for n in model.graph.node:
+            if n.op_type == "MatMul" and layer_of(n.name)[0] == "o":
+                extra[n.input[0]] = (n.input[0], R.rotate_stats_o, h["R"])
+    if prefix == "rotall-":
+        old = {n.name: n.input[0] for n in model.graph.node if layer_of(n.name)[0] == "down"}
+        d = R.online_down(model, seed=seed)
+        info["online_down"] = d["info"]
+        for n in model.graph.node:
+            if n.name in old:
+                extra[n.input[0]] = (old[n.name], R.rotate_stats_down, d["D"])
+    extra["info"] = info
+    return rots, extra
+
+
+INT4_METHODS = ALL_INT4_METHODS
