@@ -110,8 +110,9 @@ def _quantize(sub) -> None:
                    "(default: lm, gen_head, lm_head)")
     s.add_argument("--kv-dtype", default=None, help="KV cache dtype: float32 | float16 (default: the bundle's)")
     s.add_argument("--block-size", type=int, default=128, help="int4: weights per scale along K")
-    s.add_argument("--int8-layers", default=None, help="int4: decoder MatMul kinds kept int8, e.g. down,up,v "
-                                                       "(default: none, every decoder MatMul int4)")
+    s.add_argument("--int8-layers", default=None, help="int4: MatMuls in int8 per output channel, by kind (down,up,v,"
+                                                       "lm_head) or node name (/mlp/down_proj_3/MatMul) (default: "
+                                                       "none, every MatMul int4)")
     s.add_argument("--target", default="any", help="any | ort | trt | orin | ada | hopper | thor: the runtime or GPU "
                                                    "the graphs are for (fp8: not orin)")
     s.add_argument("--report", default="text", help="quant_report.json/.md: text = per graph + teacher-forced "

@@ -25,8 +25,10 @@ it: the exact same graph form (checked by ORT fusing it). Methods (`--method`):
 
 Block size: the requested one (128) where it divides K, else the largest power of two >= 16 that divides K: hidden
 576 (SmolLM2-135M) gets block 64 (576 = 9 x 64), no padding (padding K would change the activation's shape too).
-Mixed precision: MatMuls whose kind is listed in `opts.int8_layers` (e.g. "down,up,v") get INT8 weights in the
-same block form (ORT fuses that into an 8-bit MatMulNBits) instead of INT4.
+Mixed precision: MatMuls listed in `opts.int8_layers` by kind (e.g. "down,up,v"), by node name
+("/mlp/down_proj_3/MatMul") or "lm_head" get INT8 weights per output channel instead, DequantizeLinear(INT8 [K, N],
+scale [N], axis 1) -> MatMul: the int8 mode's weight-only form, which TensorRT builds (weight-only int8) and ORT fuses
+into an 8-bit MatMulNBits (block 32, the channel scale repeated; `--target ort` writes that node).
 
 `--target ort` writes the ONNX-Runtime-only form instead: each weight MatMul becomes the `MatMulNBits` node
 (com.microsoft) that ORT's fusion would make of the QDQ pair (the same unsigned codes q + 2^(bits-1) with the
@@ -93,6 +95,29 @@ def dq_weight(model, node, t, q: np.ndarray, scales: np.ndarray, block: int, bit
     node.input[1] = dq_out
 
 
+def channel_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric INT8 per output channel (axis 1 of [K, N]): -> (q [K, N] int8, scales [N] float32)."""
+    s = np.abs(w.astype(np.float32)).max(0) / 127.0
+    s = np.where(s > 0, s, 1.0).astype(np.float32)
+    return np.clip(np.rint(w / s), -127, 127).astype(np.int8), s
+
+
+def dq_channel(model, node, t, q: np.ndarray, scales: np.ndarray) -> None:
+    """Replace MatMul B = t with DequantizeLinear(INT8 q [K, N], scales [N], axis 1) in place: the int8 mode's
+    weight-only form (TensorRT: weight-only int8; ORT fuses it into an 8-bit MatMulNBits)."""
+    from onnx import helper, numpy_helper
+
+    base = t.name
+    qt = numpy_helper.from_array(q.astype(np.int8), base + "_q8")
+    st = numpy_helper.from_array(scales.astype(graphio.np_dtype(t.data_type)), base + "_scale")
+    model.graph.initializer.remove(t)
+    model.graph.initializer.extend([graphio.put(qt), graphio.put(st)])
+    dq = helper.make_node("DequantizeLinear", [qt.name, st.name], [base + "_dq"], name=node.name + "_DQ", axis=1)
+    idx = list(model.graph.node).index(node)
+    model.graph.node.insert(idx, dq)
+    node.input[1] = base + "_dq"
+
+
 def nbits_weight(model, node, t, q: np.ndarray, scales: np.ndarray, block: int, bits: int) -> None:
     """Replace MatMul(A, B = t) with com.microsoft MatMulNBits(A, packed codes, scales) in place: B [N, K/block,
     block*bits/8] uint8 holds q + 2^(bits-1) column by column (element 2i in the low nibble for 4 bits), scales
@@ -156,7 +181,16 @@ def quantize_int4(model, graph: str, calib, opts) -> tuple[object, dict]:
             kept.append(node.name)
             continue
         kind, _ = layer_of(node.name)
-        bits = 8 if kind in int8_kinds else 4
+        if kind in int8_kinds or node.name in int8_kinds or (graph == "lm_head" and "lm_head" in int8_kinds):
+            q, s = channel_int8(w)  # INT8 weight-only per output channel: TensorRT's weight-only int8 form too
+            if ort_form:  # ORT's fusion of it: an 8-bit MatMulNBits in blocks of 32, the channel scale repeated
+                b8 = block_for(w.shape[0], 32) or block
+                nbits_weight(model, node, t, q, np.repeat(s[None, :], w.shape[0] // b8, 0), b8, 8)
+            else:
+                dq_channel(model, node, t, q, s)
+            counts["int8"] += 1
+            continue
+        bits = 4
         stats = _stats_for(calib, graph, node.input[0])
         if node.input[0] in rots:
             from .rotate import rotate_stats
