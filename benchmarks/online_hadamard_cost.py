@@ -53,7 +53,7 @@ def build(layers: int, inter: int, hidden: int, rotate: bool, seed: int = 0):
         nodes.append(helper.make_node("MatMul", [f"y{i}", int4(f"up{i}", hidden, inter)], [f"x{i}"]))
         x = f"x{i}"
     g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 1, inter])],
-                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits)
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["rows", 1, inter])], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
 
 

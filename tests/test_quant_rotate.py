@@ -250,3 +250,35 @@ def test_online_down_hadamard_is_exact_and_plain_matmuls(tiny_bundle, orthogonal
         assert err < 2e-5, err
     else:
         assert _rel(ref["hidden_states"], got["hidden_states"]) > 2e-4, err  # 10x the exactness bound
+
+
+@pytest.mark.parametrize("method", ["rotvo-clip", "rotall-clip"])
+def test_rotated_int4_graph_is_trt_lintable_and_close(tiny_bundle, method):
+    """The int4 rewrite with every rotation (residual, per-head v/o, online down_proj Hadamard): the graph passes
+    lint-trt (the online rotation is plain MatMul / Reshape by constants, the INT4 weights the bundle's DQ form) and
+    its output stays near the fp32 graph's (INT4 error only); the rotation's constants stay float."""
+    from types import SimpleNamespace
+
+    from janus_edge.export.lint_trt import lint_model
+    from janus_edge.quant.int4 import quantize_int4
+
+    model = _lm(tiny_bundle)
+    import onnxruntime as ort
+
+    feeds = _feeds(ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]))
+    ref, _ = _run(model, feeds)
+    opts = SimpleNamespace(method=method, block_size=64, int8_layers=(), target="any", progress=False, extra={})
+    q, entry = quantize_int4(_lm(tiny_bundle), "lm", None, opts)
+    rot = entry["rotation"]
+    assert "heads" in rot and ("online_down" in rot) == (method == "rotall-clip")
+    findings, _, _ = lint_model(q, "lm")
+    assert not findings, [f.line() for f in findings]
+    fl = [n for n in q.graph.node if n.name.startswith("/rotate_") and n.op_type == "MatMul"]
+    assert fl and all(not i.endswith("_dq") for n in fl for i in n.input)  # the rotation MatMuls are float
+    got, _ = _run(q, {k: ((v @ R.rotation(R._head_dim(q), 1)).astype(v.dtype) if k.startswith("past_value") else v)
+                      for k, v in feeds.items()})
+    err = _rel(ref["hidden_states"], got["hidden_states"])
+    plain, _ = quantize_int4(_lm(tiny_bundle), "lm", None, SimpleNamespace(**{**vars(opts), "method": "clip"}))
+    base = _rel(ref["hidden_states"], _run(plain, feeds)[0]["hidden_states"])
+    assert err < 3 * base, (err, base)  # INT4 error only, of the size the unrotated graph has
+    print(method, err, base)
