@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     for k in keys:
         st = sim.calib.matmul_stats(*group[k].split("|", 1))
         dw = sim.lin[k].weight.detach().double().T.numpy() - w[4][k][1].double().numpy()
-        err[k] = float(np.einsum("kn,kj,jn->", dw, st["hessian"].astype(np.float64), dw))
+        err[k] = float(np.sum((st["hessian"].astype(np.float64) @ dw) * dw))
     gains = {}
     for kind in KINDS:
         ks = [k for k in keys if of[k] == kind]
