@@ -20,6 +20,10 @@ it: the exact same graph form (checked by ORT fusing it). Methods (`--method`):
 - `rot-clip`, `rot-awq-clip`, `rot-gptq`: on `lm`, first the residual-stream rotation folded into the weights
   (quant/rotate.py, QuaRot-style, exact in fp32; two float MatMuls by a constant at the graph's entry and exit), then
   the named method on the rotated weights (calibration statistics rotated with them); other graphs get the method.
+- `gptq-ao`: GPTQ with act-order (columns in decreasing H_kk; block scales fixed up front: int4_weights.gptq).
+- `rotvo-*`: the residual rotation plus a per-head rotation of v_proj's output / o_proj's input (folded, no graph op);
+  `rotall-*`: both plus an online Hadamard on every down_proj input (plain float MatMuls by shared constants before
+  it, its transpose folded into W_down). quant/rotate.py; exact in fp32 (tests).
 - `awq`: true AWQ on `lm` (quant/awq.py): per-input-channel scales searched on the calibration samples and folded
   into the RMSNorm weights / up_proj columns, then `awq-clip`; other graphs get `awq-clip`.
 
