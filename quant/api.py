@@ -20,7 +20,7 @@ from janus_edge import contract as C
 from janus_edge.errors import BundleError, InputError
 
 from . import graphio, policy as P
-from .int4_weights import ALL_INT4_METHODS
+from .int4_weights import ALL_INT4_METHODS, CALIBRATED_INT4, split_method
 
 KV_DTYPES = ("float32", "float16")
 REPORTS = ("full", "text", "graphs", "none")  # --report scopes (QuantOptions.report)
@@ -160,7 +160,7 @@ def needs_calibration(pol: dict, opts: QuantOptions) -> bool:
     modes = {m for m in pol.values() if m}
     if modes & {"int8", "fp8"}:
         return True
-    return "int4" in modes and (opts.method or "awq-clip").removeprefix("rot-") in ("awq-clip", "gptq", "awq")
+    return "int4" in modes and split_method(opts.method or "awq-clip")[1] in CALIBRATED_INT4
 
 
 def calibrate(src: str, pol: dict, opts: QuantOptions):

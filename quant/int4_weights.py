@@ -20,6 +20,7 @@ def layer_of(node_name: str) -> tuple[str | None, int | None]:
 
 
 BASE_METHODS = ("rtn", "clip", "awq-clip", "gptq", "gptq-ao", "awq")
+CALIBRATED_INT4 = ("awq-clip", "gptq", "gptq-ao", "awq")  # the base methods that read activation statistics
 ROT_PREFIXES = ("rot-", "rotvo-", "rotall-")  # residual stream; + per-head v/o; + the online Hadamard on down's input
 ALL_INT4_METHODS = BASE_METHODS + tuple(p + b for p in ROT_PREFIXES for b in ("clip", "awq-clip", "gptq", "gptq-ao"))
 

@@ -282,3 +282,17 @@ def test_rotated_int4_graph_is_trt_lintable_and_close(tiny_bundle, method):
     base = _rel(ref["hidden_states"], _run(plain, feeds)[0]["hidden_states"])
     assert err < 3 * base, (err, base)  # INT4 error only, of the size the unrotated graph has
     print(method, err, base)
+
+
+def test_every_calibrated_int4_method_gets_calibration():
+    """quant/api.needs_calibration for every method name: a method that reads activation statistics (awq-clip,
+    gptq, gptq-ao, awq, behind any rotation prefix) must get the calibration, else int4 silently falls back to the
+    calibration-free clip search (what gptq-ao and rotall-gptq-ao got before this test)."""
+    from janus_edge.quant import api
+    from janus_edge.quant.int4_weights import ALL_INT4_METHODS, split_method
+
+    pol = {"lm": "int4"}
+    for m in ALL_INT4_METHODS:
+        want = split_method(m)[1] not in ("rtn", "clip")
+        assert api.needs_calibration(pol, api.QuantOptions(mode="int4", method=m)) == want, m
+    assert api.needs_calibration(pol, api.QuantOptions(mode="int4"))  # the default, awq-clip
