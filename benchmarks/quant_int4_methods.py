@@ -154,6 +154,12 @@ def markdown(s: dict) -> str:
                                                    next(iter(rows.values()))["domains"].items()) + ".",
               "Quantization seconds (shared 2-core machine, indicative only): "
               + ", ".join(f"{m} {r['quantize_s']}" for m, r in rows.items()) + "."]
+    mixed = {m: r for m, r in rows.items() if r.get("int8_matmuls")}
+    if mixed:
+        m, r = next(iter(mixed.items()))
+        L.append(f"METHOD+mix: the method with {len(r['int8_matmuls'])} MatMuls in INT8 per output channel (chosen on "
+                 "the calibration text within 1.15x by benchmarks/int4_budget.py: " + ", ".join(r["int8_matmuls"][:6])
+                 + ", ...).")
     c = s.get("calibration")
     if c:
         L.append(f"Calibration: {c.get('wall_s')} s wall (shared machine).")
