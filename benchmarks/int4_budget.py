@@ -6,8 +6,9 @@ quant/simulate.py (the bundle's block rule and methods; MatMulNBits level-4 acti
         [--domain-tokens 512] [--budget 1.15] [--out benchmarks/results/smollm2_int4_budget]
 
 Rows (each against the simulator's float model, on the calibration text's first N tokens and on the first
---domain-tokens of every held-out domain apart): everything INT4; one kind INT4 and the rest float (where the error comes from); everything INT4 but
-one kind in INT8 per output channel (what upgrading that kind buys); lm_head in blocks of 32.
+--domain-tokens of every held-out domain apart): everything INT4; one kind INT4 and the rest float (where the error
+comes from); everything INT4 but one kind in INT8 per output channel (what upgrading that kind buys); lm_head in
+blocks of 32.
 Selection (calibration text only; held-out text is never used for a choice): each MatMul's gain is its kind's
 measured KL gain on the calibration text (all INT4 vs all INT4 but that kind INT8) shared out among the kind's
 MatMuls by their calibrated INT4 output error tr(dW^T X^T X dW); gain per extra byte is taken greedily until the

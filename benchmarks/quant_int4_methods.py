@@ -22,7 +22,8 @@ import time
 
 import numpy as np
 
-METHODS = ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq", "awq", "gptq-ao", "rotall-gptq-ao")
+METHODS = ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq", "awq", "gptq-ao",
+           "rotall-gptq-ao")
 MIX_SUFFIX = "+mix"  # a row "METHOD+mix": the method with --mix FILE's chosen MatMuls in INT8 per channel
 
 

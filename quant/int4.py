@@ -162,7 +162,8 @@ def quantize_int4(model, graph: str, calib, opts) -> tuple[object, dict]:
     prefix, base = split_method(method)
     rots, scaled, extra_rot = {}, {}, {}
     if prefix and graph == "lm":
-        rots, extra_rot = _rotate(model, prefix, int((getattr(opts, "extra", None) or {}).get("int4", {}).get("seed", 0)))
+        seed = int((getattr(opts, "extra", None) or {}).get("int4", {}).get("seed", 0))
+        rots, extra_rot = _rotate(model, prefix, seed)
     if method == "awq":
         base = "awq-clip"
         if graph == "lm" and calib is not None:
@@ -222,7 +223,8 @@ def quantize_int4(model, graph: str, calib, opts) -> tuple[object, dict]:
              "block_size": opts.block_size, "method": method, "opset": OPSET, "matmuls_int4": counts["int4"],
              "matmuls_int8": counts["int8"], "int8_layers": sorted(int8_kinds), "kept_float": kept,
              "blocks_used": sorted(blocks), **({"target": "ort"} if ort_form else {}),
-             **({"rotation": {**rots["info"], **extra_rot.get("info", {})}} if rots else {}), **({"awq": scaled["info"]} if scaled else {}),
+             **({"rotation": {**rots["info"], **extra_rot.get("info", {})}} if rots else {}),
+             **({"awq": scaled["info"]} if scaled else {}),
              "seconds": round(time.time() - t0, 1)}
     return model, entry
 

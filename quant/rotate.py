@@ -244,7 +244,8 @@ def online_down(model, seed: int = 0) -> dict:
             new = [helper.make_node("Reshape", [x, consts[2].name], [base + "_x"], name=base + "/Reshape"),
                    helper.make_node("MatMul", [base + "_x", consts[0].name], [base + "_h"], name=base + "/MatMul"),
                    helper.make_node("MatMul", [consts[1].name, base + "_h"], [base + "_g"], name=base + "/MatMul_g"),
-                   helper.make_node("Reshape", [base + "_g", consts[3].name], [base + "_out"], name=base + "/Reshape_1")]
+                   helper.make_node("Reshape", [base + "_g", consts[3].name], [base + "_out"],
+                                    name=base + "/Reshape_1")]
         idx = list(model.graph.node).index(n)
         for k, nn in enumerate(new):
             model.graph.node.insert(idx + k, nn)
@@ -252,7 +253,8 @@ def online_down(model, seed: int = 0) -> dict:
     model.graph.initializer.extend([graphio.put(c) for c in consts])
     return {"D": D, "info": {"dim": int(dim), "layers": len(downs), "hadamard": int(Hp.shape[0]),
                              "random_orthogonal": int(G.shape[0]) if G is not None else None,
-                             "constant_bytes": int(sum(np.prod(c.dims) * np.dtype(dtype).itemsize for c in consts[:2]))}}
+                             "constant_bytes": int(sum(np.prod(c.dims) * np.dtype(dtype).itemsize
+                                                       for c in consts[:2]))}}
 
 
 def rotate_stats_down(st: dict | None, D: np.ndarray) -> dict | None:
