@@ -7,7 +7,9 @@ One calibration (cached in DIR/calib.npz, its time recorded); the fp32 bundle's 
 domain computed once (DIR/fp_ref.npz); then per method a quantized bundle (quantize_bundle, `--graphs`, report off)
 and, on every domain of quant/data (calib.HELDOUT_DOMAINS) apart, the perplexity delta and top-1 agreement against
 fp32, the goals checked per domain (evaluate.check_goals), and the quantized graphs' weight bytes against the pure
-INT4 (rtn) bundle's. Resumable (DIR/state.json). Writes OUT.json and OUT.md.
+INT4 (rtn) bundle's. A row "METHOD+mix" is the method with the MatMuls int4_budget.py chose (`--mix` its JSON,
+chosen on the calibration text within 1.15x the bytes) in INT8 per channel. Resumable (DIR/state.json). Writes
+OUT.json and OUT.md.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ import time
 
 import numpy as np
 
-METHODS = ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq")
+METHODS = ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq", "awq", "gptq-ao",
+           "rotall-gptq-ao")
+MIX_SUFFIX = "+mix"  # a row "METHOD+mix": the method with --mix FILE's chosen MatMuls in INT8 per channel
 
 
 def log(msg: str) -> None:
@@ -55,6 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--graphs", default="lm,lm_head")
     ap.add_argument("--keep", action="store_true", help="keep the quantized bundles in --work")
+    ap.add_argument("--mix", default=None, help="int4_budget.py's JSON: its chosen_int8 MatMuls are the 8-bit ones "
+                                                "of the METHOD+mix rows")
     a = ap.parse_args(argv)
 
     from janus_edge import contract as C
@@ -93,13 +99,18 @@ def main(argv=None) -> int:
         out = os.path.join(a.work, m)
         shutil.rmtree(out, ignore_errors=True)
         t = time.time()
-        quantize_bundle(a.bundle, out, QuantOptions(mode="int4", method=m, graphs=a.graphs, progress=False,
-                                                    report="none", extra={"calib": {"cache": cache}}))
+        method, int8 = m, ()
+        if m.endswith(MIX_SUFFIX):
+            method, int8 = m[:-len(MIX_SUFFIX)], tuple(json.load(open(a.mix))["chosen_int8"])
+        quantize_bundle(a.bundle, out, QuantOptions(mode="int4", method=method, graphs=a.graphs, progress=False,
+                                                    report="none", int8_layers=int8,
+                                                    extra={"calib": {"cache": cache}}))
         qs = time.time() - t
         man = C.load_manifest(out)
         q = E.open_bundle(out)
         doms = {d: compare(ref[d], tf_stats(q, i)) for d, i in ids.items()}
         state["rows"][m] = {"quantize_s": round(qs, 1), "domains": doms, "goals": E.check_goals("int4", doms),
+                            "int8_matmuls": list(int8),
                             "weight_bytes": sum(man.graphs[g].weight_bytes for g in a.graphs.split(",")),
                             "rotation": (man.graphs["lm"].quantization or {}).get("rotation")}
         log(f"{m}: {json.dumps(state['rows'][m]['domains'])} ({qs:.0f}s)")
@@ -144,6 +155,12 @@ def markdown(s: dict) -> str:
                                                    next(iter(rows.values()))["domains"].items()) + ".",
               "Quantization seconds (shared 2-core machine, indicative only): "
               + ", ".join(f"{m} {r['quantize_s']}" for m, r in rows.items()) + "."]
+    mixed = {m: r for m, r in rows.items() if r.get("int8_matmuls")}
+    if mixed:
+        m, r = next(iter(mixed.items()))
+        L.append(f"METHOD+mix: the method with {len(r['int8_matmuls'])} MatMuls in INT8 per output channel (chosen on "
+                 "the calibration text within 1.15x by benchmarks/int4_budget.py: " + ", ".join(r["int8_matmuls"][:6])
+                 + ", ...).")
     c = s.get("calibration")
     if c:
         L.append(f"Calibration: {c.get('wall_s')} s wall (shared machine).")

@@ -20,13 +20,19 @@ it: the exact same graph form (checked by ORT fusing it). Methods (`--method`):
 - `rot-clip`, `rot-awq-clip`, `rot-gptq`: on `lm`, first the residual-stream rotation folded into the weights
   (quant/rotate.py, QuaRot-style, exact in fp32; two float MatMuls by a constant at the graph's entry and exit), then
   the named method on the rotated weights (calibration statistics rotated with them); other graphs get the method.
+- `gptq-ao`: GPTQ with act-order (columns in decreasing H_kk; block scales fixed up front: int4_weights.gptq).
+- `rotvo-*`: the residual rotation plus a per-head rotation of v_proj's output / o_proj's input (folded, no graph op);
+  `rotall-*`: both plus an online Hadamard on every down_proj input (plain float MatMuls by shared constants before
+  it, its transpose folded into W_down). quant/rotate.py; exact in fp32 (tests).
 - `awq`: true AWQ on `lm` (quant/awq.py): per-input-channel scales searched on the calibration samples and folded
   into the RMSNorm weights / up_proj columns, then `awq-clip`; other graphs get `awq-clip`.
 
 Block size: the requested one (128) where it divides K, else the largest power of two >= 16 that divides K: hidden
 576 (SmolLM2-135M) gets block 64 (576 = 9 x 64), no padding (padding K would change the activation's shape too).
-Mixed precision: MatMuls whose kind is listed in `opts.int8_layers` (e.g. "down,up,v") get INT8 weights in the
-same block form (ORT fuses that into an 8-bit MatMulNBits) instead of INT4.
+Mixed precision: MatMuls listed in `opts.int8_layers` by kind (e.g. "down,up,v"), by node name
+("/mlp/down_proj_3/MatMul") or "lm_head" get INT8 weights per output channel instead, DequantizeLinear(INT8 [K, N],
+scale [N], axis 1) -> MatMul: the int8 mode's weight-only form, which TensorRT builds (weight-only int8) and ORT fuses
+into an 8-bit MatMulNBits (block 32, the channel scale repeated; `--target ort` writes that node).
 
 `--target ort` writes the ONNX-Runtime-only form instead: each weight MatMul becomes the `MatMulNBits` node
 (com.microsoft) that ORT's fusion would make of the QDQ pair (the same unsigned codes q + 2^(bits-1) with the
@@ -45,8 +51,8 @@ import numpy as np
 
 from . import graphio
 from .int4_weights import (  # noqa: F401 (re-exported: the int4 mode's public names)
-    CLIP_GRID, COLUMN_CHUNK, TRT_BLOCKS, TRT_TARGETS, _stats_for, block_for, clip_search, gptq, layer_of,
-    quantize_weight)
+    ALL_INT4_METHODS, CLIP_GRID, COLUMN_CHUNK, TRT_BLOCKS, TRT_TARGETS, _stats_for, block_for, clip_search, gptq,
+    layer_of, quantize_weight, split_method)
 from .rewrite import OPSET, gemms_to_matmul, to_opset21
 
 def pack_int4(q: np.ndarray) -> bytes:
@@ -93,6 +99,29 @@ def dq_weight(model, node, t, q: np.ndarray, scales: np.ndarray, block: int, bit
     node.input[1] = dq_out
 
 
+def channel_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric INT8 per output channel (axis 1 of [K, N]): -> (q [K, N] int8, scales [N] float32)."""
+    s = np.abs(w.astype(np.float32)).max(0) / 127.0
+    s = np.where(s > 0, s, 1.0).astype(np.float32)
+    return np.clip(np.rint(w / s), -127, 127).astype(np.int8), s
+
+
+def dq_channel(model, node, t, q: np.ndarray, scales: np.ndarray) -> None:
+    """Replace MatMul B = t with DequantizeLinear(INT8 q [K, N], scales [N], axis 1) in place: the int8 mode's
+    weight-only form (TensorRT: weight-only int8; ORT fuses it into an 8-bit MatMulNBits)."""
+    from onnx import helper, numpy_helper
+
+    base = t.name
+    qt = numpy_helper.from_array(q.astype(np.int8), base + "_q8")
+    st = numpy_helper.from_array(scales.astype(graphio.np_dtype(t.data_type)), base + "_scale")
+    model.graph.initializer.remove(t)
+    model.graph.initializer.extend([graphio.put(qt), graphio.put(st)])
+    dq = helper.make_node("DequantizeLinear", [qt.name, st.name], [base + "_dq"], name=node.name + "_DQ", axis=1)
+    idx = list(model.graph.node).index(node)
+    model.graph.node.insert(idx, dq)
+    node.input[1] = base + "_dq"
+
+
 def nbits_weight(model, node, t, q: np.ndarray, scales: np.ndarray, block: int, bits: int) -> None:
     """Replace MatMul(A, B = t) with com.microsoft MatMulNBits(A, packed codes, scales) in place: B [N, K/block,
     block*bits/8] uint8 holds q + 2^(bits-1) column by column (element 2i in the low nibble for 4 bits), scales
@@ -130,11 +159,11 @@ def quantize_int4(model, graph: str, calib, opts) -> tuple[object, dict]:
         raise ValueError(f"unknown int4 method {method!r}")
     gemms_to_matmul(model)  # the one Gemm -> MatMul (+ float bias Add) rewrite, shared with int8/fp8
     model = to_opset21(model)
-    rots, scaled, base = {}, {}, method.removeprefix("rot-")
-    if method != base and graph == "lm":
-        from .rotate import rotate_lm
-
-        rots = rotate_lm(model, seed=int((getattr(opts, "extra", None) or {}).get("int4", {}).get("seed", 0)))
+    prefix, base = split_method(method)
+    rots, scaled, extra_rot = {}, {}, {}
+    if prefix and graph == "lm":
+        seed = int((getattr(opts, "extra", None) or {}).get("int4", {}).get("seed", 0))
+        rots, extra_rot = _rotate(model, prefix, seed)
     if method == "awq":
         base = "awq-clip"
         if graph == "lm" and calib is not None:
@@ -157,12 +186,24 @@ def quantize_int4(model, graph: str, calib, opts) -> tuple[object, dict]:
             kept.append(node.name)
             continue
         kind, _ = layer_of(node.name)
-        bits = 8 if kind in int8_kinds else 4
+        if kind in int8_kinds or node.name in int8_kinds or (graph == "lm_head" and "lm_head" in int8_kinds):
+            q, s = channel_int8(w)  # INT8 weight-only per output channel: TensorRT's weight-only int8 form too
+            if ort_form:  # ORT's fusion of it: an 8-bit MatMulNBits in blocks of 32, the channel scale repeated
+                b8 = block_for(w.shape[0], 32) or block
+                nbits_weight(model, node, t, q, np.repeat(s[None, :], w.shape[0] // b8, 0), b8, 8)
+            else:
+                dq_channel(model, node, t, q, s)
+            counts["int8"] += 1
+            continue
+        bits = 4
         stats = _stats_for(calib, graph, node.input[0])
         if node.input[0] in rots:
             from .rotate import rotate_stats
 
             stats = rotate_stats(stats, rots[node.input[0]])
+        elif node.input[0] in extra_rot:  # o_proj (per-head) / down_proj (online) inputs: the rotated statistics
+            act, fn, M = extra_rot[node.input[0]]
+            stats = fn(_stats_for(calib, graph, act), M)
         if node.input[0] in scaled:
             from .awq import scale_stats
 
@@ -182,9 +223,34 @@ def quantize_int4(model, graph: str, calib, opts) -> tuple[object, dict]:
              "block_size": opts.block_size, "method": method, "opset": OPSET, "matmuls_int4": counts["int4"],
              "matmuls_int8": counts["int8"], "int8_layers": sorted(int8_kinds), "kept_float": kept,
              "blocks_used": sorted(blocks), **({"target": "ort"} if ort_form else {}),
-             **({"rotation": rots["info"]} if rots else {}), **({"awq": scaled["info"]} if scaled else {}),
+             **({"rotation": {**rots["info"], **extra_rot.get("info", {})}} if rots else {}),
+             **({"awq": scaled["info"]} if scaled else {}),
              "seconds": round(time.time() - t0, 1)}
     return model, entry
 
 
-INT4_METHODS = ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq", "awq")
+def _rotate(model, prefix: str, seed: int) -> tuple[dict, dict]:
+    """The rotations a method prefix names (int4_weights.ROT_PREFIXES), folded into `model` (the lm graph):
+    -> (rotate_lm's result, {new input name: (calibrated activation name, stats transform, matrix)} + "info")."""
+    from . import rotate as R
+
+    rots = R.rotate_lm(model, seed=seed)
+    extra, info = {}, {}
+    if prefix in ("rotvo-", "rotall-"):
+        h = R.rotate_heads(model, seed=seed)
+        info["heads"] = h["info"]
+        for n in model.graph.node:
+            if n.op_type == "MatMul" and layer_of(n.name)[0] == "o":
+                extra[n.input[0]] = (n.input[0], R.rotate_stats_o, h["R"])
+    if prefix == "rotall-":
+        old = {n.name: n.input[0] for n in model.graph.node if layer_of(n.name)[0] == "down"}
+        d = R.online_down(model, seed=seed)
+        info["online_down"] = d["info"]
+        for n in model.graph.node:
+            if n.name in old:
+                extra[n.input[0]] = (old[n.name], R.rotate_stats_down, d["D"])
+    extra["info"] = info
+    return rots, extra
+
+
+INT4_METHODS = ALL_INT4_METHODS

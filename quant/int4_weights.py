@@ -19,6 +19,18 @@ def layer_of(node_name: str) -> tuple[str | None, int | None]:
     return m.group(1), int(m.group(2) or 0)
 
 
+BASE_METHODS = ("rtn", "clip", "awq-clip", "gptq", "gptq-ao", "awq")
+CALIBRATED_INT4 = ("awq-clip", "gptq", "gptq-ao", "awq")  # the base methods that read activation statistics
+ROT_PREFIXES = ("rot-", "rotvo-", "rotall-")  # residual stream; + per-head v/o; + the online Hadamard on down's input
+ALL_INT4_METHODS = BASE_METHODS + tuple(p + b for p in ROT_PREFIXES for b in ("clip", "awq-clip", "gptq", "gptq-ao"))
+
+
+def split_method(method: str) -> tuple[str, str]:
+    """'rotvo-gptq-ao' -> ('rotvo-', 'gptq-ao'); 'awq' -> ('', 'awq')."""
+    prefix = next((p for p in ROT_PREFIXES if method.startswith(p)), "")
+    return prefix, method[len(prefix):]
+
+
 TRT_TARGETS = ("trt", "orin", "ada", "hopper", "thor")  # where TensorRT builds the bundle
 TRT_BLOCKS = (64, 128)  # INT4 block sizes TensorRT takes (export/trt_ops.py INT4_BLOCKS)
 
@@ -69,8 +81,13 @@ def clip_search(w: np.ndarray, block: int, bits: int, importance: np.ndarray | N
 
 
 def gptq(w: np.ndarray, hessian: np.ndarray, block: int, bits: int, damp: float = 0.01,
-         importance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """GPTQ on w [K, N] (y = x @ w) with H = X^T X [K, K]; -> (q [K, N] ints, scales [K/block, N])."""
+         importance: np.ndarray | None = None, act_order: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ on w [K, N] (y = x @ w) with H = X^T X [K, K]; -> (q [K, N] ints, scales [K/block, N]).
+
+    act_order: the input channels are quantized in order of decreasing H_kk (the channels with the most activation
+    energy first, while the most columns are left to absorb their error). The scales stay per contiguous block of K
+    (the bundle's DQ form), so they are chosen up front on the original weights ("static groups": the clip search
+    per block), and each permuted column uses its own block's scale."""
     qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     W = np.array(w, dtype=np.float64).T.copy()  # [N, K]: columns are input channels, as in the paper
     K = W.shape[1]
@@ -79,16 +96,22 @@ def gptq(w: np.ndarray, hessian: np.ndarray, block: int, bits: int, damp: float 
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     H[np.diag_indices(K)] += damp * np.mean(np.diag(H))
+    S = np.zeros((K // block, W.shape[0]), np.float32)
+    perm = np.arange(K)
+    if act_order:
+        S[:] = clip_search(W.T.astype(np.float32), block, bits, importance)
+        perm = np.argsort(-np.diag(H), kind="stable")
+        W, H = W[:, perm], H[perm][:, perm]
     Hinv = np.linalg.cholesky(np.linalg.inv(H)).T  # upper
     Q = np.zeros_like(W)
-    S = np.zeros((K // block, W.shape[0]), np.float32)
-    for g in range(0, K, block):  # one group = one lazy-update block
-        S[g // block] = clip_search(W[:, g:g + block].T.astype(np.float32), block, bits,
-                                    None if importance is None else importance[g:g + block])[0]
-        s = S[g // block].astype(np.float64)
+    for g in range(0, K, block):  # one lazy-update batch of columns (= one scale block unless act_order)
+        if not act_order:
+            S[g // block] = clip_search(W[:, g:g + block].T.astype(np.float32), block, bits,
+                                        None if importance is None else importance[g:g + block])[0]
         Wg, Hg = W[:, g:g + block].copy(), Hinv[g:g + block, g:g + block]
         Eg = np.zeros_like(Wg)
         for j in range(block):
+            s = S[perm[g + j] // block].astype(np.float64)
             col = Wg[:, j]
             q = np.clip(np.rint(col / s), qmin, qmax)
             Q[:, g + j] = q
@@ -96,7 +119,9 @@ def gptq(w: np.ndarray, hessian: np.ndarray, block: int, bits: int, damp: float 
             Wg[:, j:] -= np.outer(err, Hg[j, j:])
             Eg[:, j] = err
         W[:, g + block:] -= Eg @ Hinv[g:g + block, g + block:]
-    return Q.T.astype(np.int8), S
+    out = np.empty_like(Q)
+    out[:, perm] = Q
+    return out.T.astype(np.int8), S
 
 
 COLUMN_CHUNK = 1 << 24  # weight elements per quantize_weight pass (64 MB of fp32 per temporary)
@@ -120,12 +145,12 @@ def _quantize_columns(w, block: int, bits: int, method: str, stats: dict | None)
     qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     w = np.asarray(w, np.float32)
     imp = None if not stats else stats.get("mean_sq")
-    if method == "gptq" and stats and stats.get("hessian") is not None:
-        return gptq(w, stats["hessian"], block, bits, importance=imp)
+    if method in ("gptq", "gptq-ao") and stats and stats.get("hessian") is not None:
+        return gptq(w, stats["hessian"], block, bits, importance=imp, act_order=method == "gptq-ao")
     if method == "rtn":
         s = _scales(w, block, qmax)
     else:
-        s = clip_search(w, block, bits, imp if method in ("awq-clip", "gptq") else None)
+        s = clip_search(w, block, bits, imp if method in ("awq-clip", "gptq", "gptq-ao") else None)
     q, _ = _fake(w, s, block, qmin, qmax)
     return q.astype(np.int8), s
 

@@ -148,3 +148,118 @@ def rotate_stats(st: dict | None, rot) -> dict | None:
     D = inv_w[:, None] * Q  # diag(1/w) Q
     H = D.T @ st["hessian"].astype(np.float64) @ D
     return {"mean_sq": np.diag(H).astype(np.float32), "hessian": H.astype(np.float32)}
+
+
+# ---- per-head rotation of v / o, and the online Hadamard on down_proj's input ----------------------------------
+def _head_dim(model) -> int | None:
+    for i in model.graph.input:
+        if i.name.startswith("past_value"):
+            d = i.type.tensor_type.shape.dim[-1].dim_value
+            return int(d) if d else None
+    return None
+
+
+def rotate_heads(model, seed: int = 0, matrix: np.ndarray | None = None) -> dict:
+    """Per-head rotation of v_proj's output and o_proj's input, folded into both weights (exact in fp32): with one
+    orthogonal R [d, d] (d = head_dim) for every head, W_v' = W_v blockdiag(R) and, per attention head h of o_proj's
+    input, W_o'[h] = R^T W_o[h]. The attention is linear in v (each head's output is a convex mix of its kv head's
+    values), so every head's output is rotated by the same R, grouped-query attention included, and o_proj undoes
+    it. The cached values (present_value) are stored rotated; every step reads them back in the same basis. No graph
+    op. Returns {"info": ...}; o_proj's calibration statistics are rotated by `rotate_stats_o`."""
+    from .int4_weights import layer_of
+
+    d = _head_dim(model)
+    if d is None:
+        raise RotateError("no past_value input with a static head_dim")
+    R = rotation(d, seed + 1) if matrix is None else np.asarray(matrix, np.float64)
+    inits = graphio.initializers(model)
+    done = 0
+    for n in model.graph.node:
+        kind, _ = layer_of(n.name)
+        if n.op_type != "MatMul" or kind not in ("v", "o") or n.input[1] not in inits:
+            continue
+        W = graphio.array(inits[n.input[1]]).astype(np.float64)
+        K, N = W.shape
+        if kind == "v":
+            W = (W.reshape(K, N // d, d) @ R).reshape(K, N)
+        else:
+            W = np.einsum("ba,hbn->han", R, W.reshape(K // d, d, N)).reshape(K, N)  # R^T per head
+        _replace(model, inits[n.input[1]], W.astype(graphio.np_dtype(inits[n.input[1]].data_type)))
+        done += 1
+    return {"R": R, "info": {"head_dim": d, "weights_rotated": done}}
+
+
+def rotate_stats_o(st: dict | None, R: np.ndarray) -> dict | None:
+    """o_proj input statistics after the per-head rotation x' = x blockdiag(R)."""
+    if st is None or st.get("hessian") is None:
+        return None
+    K = st["hessian"].shape[0]
+    B = np.kron(np.eye(K // R.shape[0]), R)
+    H = B.T @ st["hessian"].astype(np.float64) @ B
+    return {"mean_sq": np.diag(H).astype(np.float32), "hessian": H.astype(np.float32)}
+
+
+def online_factors(dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """The online rotation of down_proj's input as (H_p, G or None): dim = r * p with p the largest power of two
+    dividing it, H_p the plain Hadamard, G a seeded random orthogonal [r, r] (None when r = 1); the [dim, dim]
+    rotation is kron(G, H_p), and x @ kron(G, H_p) = G^T X H_p with X = x reshaped [r, p]."""
+    p = dim & -dim
+    r = dim // p
+    G = None
+    if r > 1:
+        G, _ = np.linalg.qr(np.random.default_rng(seed + 2).standard_normal((r, r)))
+    return hadamard(p), G
+
+
+def online_down(model, seed: int = 0) -> dict:
+    """An online rotation of every down_proj input, x' = x @ D, with W_down' = D^T W_down folded (exact in fp32). D =
+    kron(G, H_p) (online_factors) is applied as plain float MatMuls by shared constants, which TensorRT and ORT both
+    take: x -> Reshape [.., r, p] -> MatMul H_p -> MatMul(G^T, .) -> Reshape back (r = 1: one MatMul). The constants
+    are one initializer each, shared by every layer (the int4 rewrite leaves shared weights float)."""
+    from onnx import helper, numpy_helper
+
+    from .int4_weights import layer_of
+
+    inits = graphio.initializers(model)
+    downs = [n for n in model.graph.node if n.op_type == "MatMul" and layer_of(n.name)[0] == "down"
+             and n.input[1] in inits]
+    if not downs:
+        raise RotateError("no down_proj MatMul")
+    dim = inits[downs[0].input[1]].dims[0]
+    Hp, G = online_factors(dim, seed)
+    D = Hp if G is None else np.kron(G, Hp)
+    dtype = graphio.np_dtype(inits[downs[0].input[1]].data_type)
+    consts = [numpy_helper.from_array(Hp.astype(dtype), PREFIX + "down_h")]
+    if G is not None:
+        consts += [numpy_helper.from_array(np.ascontiguousarray(G.T).astype(dtype), PREFIX + "down_gt"),
+                   numpy_helper.from_array(np.array([0, 0, G.shape[0], Hp.shape[0]], np.int64), PREFIX + "down_split"),
+                   numpy_helper.from_array(np.array([0, 0, dim], np.int64), PREFIX + "down_join")]
+    for n in downs:
+        t = inits[n.input[1]]
+        _replace(model, t, (D.T @ graphio.array(t).astype(np.float64)).astype(graphio.np_dtype(t.data_type)))
+        x, base = n.input[0], f"/{PREFIX}down_{layer_of(n.name)[1]}"
+        if G is None:
+            new = [helper.make_node("MatMul", [x, consts[0].name], [base + "_out"], name=base + "/MatMul")]
+        else:
+            new = [helper.make_node("Reshape", [x, consts[2].name], [base + "_x"], name=base + "/Reshape"),
+                   helper.make_node("MatMul", [base + "_x", consts[0].name], [base + "_h"], name=base + "/MatMul"),
+                   helper.make_node("MatMul", [consts[1].name, base + "_h"], [base + "_g"], name=base + "/MatMul_g"),
+                   helper.make_node("Reshape", [base + "_g", consts[3].name], [base + "_out"],
+                                    name=base + "/Reshape_1")]
+        idx = list(model.graph.node).index(n)
+        for k, nn in enumerate(new):
+            model.graph.node.insert(idx + k, nn)
+        n.input[0] = base + "_out"
+    model.graph.initializer.extend([graphio.put(c) for c in consts])
+    return {"D": D, "info": {"dim": int(dim), "layers": len(downs), "hadamard": int(Hp.shape[0]),
+                             "random_orthogonal": int(G.shape[0]) if G is not None else None,
+                             "constant_bytes": int(sum(np.prod(c.dims) * np.dtype(dtype).itemsize
+                                                       for c in consts[:2]))}}
+
+
+def rotate_stats_down(st: dict | None, D: np.ndarray) -> dict | None:
+    """down_proj input statistics after x' = x @ D."""
+    if st is None or st.get("hessian") is None:
+        return None
+    H = D.T @ st["hessian"].astype(np.float64) @ D
+    return {"mean_sq": np.diag(H).astype(np.float32), "hessian": H.astype(np.float32)}

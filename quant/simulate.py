@@ -47,7 +47,7 @@ class FakeQuantLM:
 
         from .fp8 import E4M3_MAX, fp8_scheme
 
-        self.torch = torch
+        self.torch, self.calib = torch, calib
         if model is None:
             from janus_edge.export.checkpoint import load_checkpoint
 
@@ -106,16 +106,20 @@ class FakeQuantLM:
                 wq = I8.weight_fake(w * s[:, None] if s is not None else w, sch)
                 self.q[k] = (None if s is None else self.torch.from_numpy(s), scale, self.torch.from_numpy(wq))
 
-    def quantize_int4(self, keys=None, method: str = "awq-clip", block: int = 128) -> None:
+    def quantize_int4(self, keys=None, method: str = "awq-clip", block: int = 128, bits: int = 4) -> None:
         """INT4 weights (W4 state) for `keys` (default: all) with quant/int4.py's method and block rule; the
-        importance of awq-clip is the calibrated mean square of the input channels, as in the bundle."""
+        importance of awq-clip is the calibrated mean square of the input channels, as in the bundle. bits=8: the
+        int4 mode's 8-bit blocks (`--int8-layers`); gptq methods read the calibrated Hessian."""
         from . import int4 as I4
 
         group = {k: gk for gk, ks in self.groups.items() for k in ks}
         for k in (self.state if keys is None else keys):
             w = self.lin[k].weight.detach().float().T.numpy()  # [K, N]
             b = I4.block_for(w.shape[0], block)
-            q, s = I4.quantize_weight(w, b, 4, method, {"mean_sq": self.msq[group[k]]})
+            st = {"mean_sq": self.msq[group[k]]}
+            if method.startswith("gptq") and self.calib is not None:
+                st = self.calib.matmul_stats(*group[k].split("|", 1))
+            q, s = I4.quantize_weight(w, b, bits, method, st)
             K, N = w.shape
             wq = (q.astype(np.float32).reshape(K // b, b, N) * s[:, None, :]).reshape(K, N)
             self.q4[k] = (b, self.torch.from_numpy(np.ascontiguousarray(wq)))

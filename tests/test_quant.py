@@ -197,7 +197,12 @@ def test_calibration_reads_given_files(tiny_bundle, tmp_path, sample_image):
 
 
 def test_graphs_override_and_int8_layers(tiny_bundle, tmp_path):
-    out = _q(tiny_bundle, tmp_path / "q", mode="int4", method="rtn", graphs="lm", int8_layers=("down",), report=False)
+    """The mixed form: the 8-bit MatMuls (by kind, or by node name) are INT8 per output channel (DQ axis 1, no
+    block): TensorRT's weight-only int8 (lint-trt passes), fused by ORT into 8-bit MatMulNBits."""
+    from janus_edge.export.lint_trt import lint_bundle
+
+    out = _q(tiny_bundle, tmp_path / "q", mode="int4", method="rtn", graphs="lm",
+             int8_layers=("/mlp/down_proj/MatMul", "down"), report=False)
     man = _manifest(out)
     assert man["graphs"]["gen_head"]["precision"] == "float32" and man["graphs"]["lm_head"]["precision"] == "float32"
     q = man["graphs"]["lm"]["quantization"]
@@ -206,6 +211,10 @@ def test_graphs_override_and_int8_layers(tiny_bundle, tmp_path):
     kinds = {n.name: inits[n.input[0]].data_type for n in dqs}
     assert sum(t == onnx.TensorProto.INT8 for t in kinds.values()) == 2
     assert all(t == onnx.TensorProto.INT8 for k, t in kinds.items() if "down_proj" in k)
+    assert all(next(a.i for a in n.attribute if a.name == "axis") == 1 and not any(a.name == "block_size" for a in
+               n.attribute) for n in dqs if kinds[n.name] == onnx.TensorProto.INT8)
+    lint = lint_bundle(out)
+    assert lint.ok and lint.checked.get("lm"), [f.line() for f in lint.findings]
     # with the runtime's own session options, every DQ (INT8 ones too) fuses into MatMulNBits, and the bundle runs
     from janus_edge import Pipeline
     from janus_edge.runtime.ort_backend import OrtBackend

@@ -93,8 +93,9 @@ def _tokens(trained_ckpt, text, n):
 
 def test_new_int4_methods_beat_rtn_on_a_trained_layer(trained_model, trained_ckpt):
     """Layer 10 of the trained LM (SmolLM2-135M): relative output error of q_proj (fed by an RMSNorm: the rotation
-    folds the norm weight and rotates the input) and down_proj (a residual writer: output rotated, measured back in
-    the original basis), calibrated on the calibration text, measured on held-out text. Every method, the rotated
+    folds the norm weight and rotates the input), o_proj (rotvo-: its input rotated per head) and down_proj (a
+    residual writer: output rotated, measured back in the original basis; rotall-: its input rotated online),
+    calibrated on the calibration text, measured on held-out text. Every method, GPTQ with act-order and the rotated
     ones included, has a smaller error than round-to-nearest."""
     import torch
 
@@ -108,6 +109,7 @@ def test_new_int4_methods_beat_rtn_on_a_trained_layer(trained_model, trained_ckp
     def grab(split):
         got = {}
         hooks = [blk.self_attn.q_proj.register_forward_pre_hook(lambda m, a: got.__setitem__("q", a[0][0])),
+                 blk.self_attn.o_proj.register_forward_pre_hook(lambda m, a: got.__setitem__("o", a[0][0])),
                  blk.mlp.down_proj.register_forward_pre_hook(lambda m, a: got.__setitem__("down", a[0][0]))]
         path = CB.CALIB_TEXT_FILE if split == "calib" else CB.HELDOUT_DOMAINS["tech"]
         with torch.no_grad():
@@ -121,16 +123,28 @@ def test_new_int4_methods_beat_rtn_on_a_trained_layer(trained_model, trained_ckp
     dim = w_norm.shape[0]
     Q = R.rotation(dim)
     errs = {}
-    for kind, mod in (("q", blk.self_attn.q_proj), ("down", blk.mlp.down_proj)):
+    methods = ("rtn", "clip", "awq-clip", "gptq", "gptq-ao", "rot-clip", "rot-awq-clip", "rot-gptq", "rot-gptq-ao",
+               "awq")
+    extra = {"o": ("rotvo-gptq-ao",), "down": ("rotall-gptq-ao",)}  # per-head v/o; the online Hadamard on down
+    for kind, mod in (("q", blk.self_attn.q_proj), ("o", blk.self_attn.o_proj), ("down", blk.mlp.down_proj)):
         W = mod.weight.detach().double().numpy().T  # [K, N]: y = x @ W
         Xc, Xh = acts["calib"][kind], acts["held"][kind]
         ref = Xh @ W
         block = block_for(W.shape[0], 128)
         H = Xc.T @ Xc / len(Xc)
         plain = {"mean_sq": np.diag(H).astype(np.float32), "hessian": H.astype(np.float32)}
-        for method in ("rtn", "clip", "awq-clip", "gptq", "rot-clip", "rot-awq-clip", "rot-gptq", "awq"):
-            base = method.removeprefix("rot-")
-            if method == "awq":  # true AWQ: x / s, diag(s) W with s searched on the calibration rows
+        for method in methods + extra.get(kind, ()):
+            base = method.split("-", 1)[1] if method.startswith("rot") else method
+            if method.startswith("rotvo-"):  # o's input rotated per head: x blockdiag(R), W' = blockdiag(R)^T W
+                B = np.kron(np.eye(W.shape[0] // 64), R.rotation(64, 1))
+                Wq, X, st, back = B.T @ W, Xh @ B, R.rotate_stats_o(plain, R.rotation(64, 1)), None
+            elif method.startswith("rotall-"):  # down's input x @ D online, W' = D^T W
+                Hp, G = R.online_factors(W.shape[0])
+                D = np.kron(G, Hp) if G is not None else Hp
+                Wq, X, st, back = D.T @ W, Xh @ D, R.rotate_stats_down(plain, D), None
+            elif kind == "o" and (method != base or method == "awq"):
+                continue  # o: a residual writer like down (covered there); the bundle's AWQ leaves o unscaled
+            elif method == "awq":  # true AWQ: x / s, diag(s) W with s searched on the calibration rows
                 sc, _ = A.search_scales(Xc, [W], block)
                 Wq, X, st, back, base = W * sc[:, None], Xh / sc, A.scale_stats(plain, sc), None, "awq-clip"
             elif method == base:
@@ -175,3 +189,110 @@ def test_awq_scales_fold_exactly(tiny_bundle):
     got, _ = _run(got_model, feeds)
     err = max(_rel(ref[k], got[k]) for k in ref)
     assert err < 2e-5, err
+
+
+@pytest.mark.parametrize("orthogonal", [True, False])
+def test_per_head_vo_rotation_is_exact(tiny_bundle, orthogonal):
+    """quant/rotate.py rotate_heads: v_proj's output and o_proj's input rotated per head by one R, folded into both
+    weights: hidden_states and the new keys equal the original's, the new (cached) values are the original's times
+    R per head (the cache is kept in the rotated basis); a non-orthogonal R breaks it."""
+    model = _lm(tiny_bundle)
+    import onnxruntime as ort
+
+    feeds = _feeds(ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]))
+    ref, _ = _run(model, feeds)
+    d = R._head_dim(model)
+    Rm = R.rotation(d, seed=5)
+    if not orthogonal:
+        Rm = Rm @ np.diag(np.r_[1.05, np.ones(d - 1)])
+    rot = _lm(tiny_bundle)
+    from janus_edge.quant.int4 import layer_of
+
+    info = R.rotate_heads(rot, matrix=Rm)["info"]
+    assert info["weights_rotated"] == sum(1 for n in model.graph.node if layer_of(n.name)[0] in ("v", "o"))
+    # the past values enter in the rotated basis (the rotated graph wrote them so)
+    rot_feeds = {k: ((v @ Rm).astype(v.dtype) if k.startswith("past_value") else v) for k, v in feeds.items()}
+    got, _ = _run(rot, rot_feeds)
+    errs = {k: _rel(ref[k] @ Rm if k.startswith("new_value") else ref[k], got[k]) for k in ref}
+    if orthogonal:
+        assert max(errs.values()) < 2e-5, errs
+    else:
+        assert errs["hidden_states"] > 1e-3, errs
+
+
+@pytest.mark.parametrize("orthogonal", [True, False])
+def test_online_down_hadamard_is_exact_and_plain_matmuls(tiny_bundle, orthogonal, monkeypatch):
+    """quant/rotate.py online_down: x @ kron(G, H) before every down_proj as Reshape / MatMul by shared constants,
+    D^T folded into W_down: the fp32 outputs equal the original's; the new nodes are plain MatMul / Reshape (what
+    TensorRT and ORT both take); a non-orthogonal G breaks the equality."""
+    model = _lm(tiny_bundle)
+    import onnxruntime as ort
+
+    feeds = _feeds(ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]))
+    ref, _ = _run(model, feeds)
+    if not orthogonal:
+        real = R.online_factors
+
+        def skewed(dim, seed=0):
+            h, g = real(dim, seed)
+            h = h @ np.diag(np.linspace(0.5, 1.5, h.shape[0]))  # columns scaled: no longer orthogonal
+            return h, g
+        monkeypatch.setattr(R, "online_factors", skewed)
+    rot = _lm(tiny_bundle)
+    R.rotate_lm(rot, seed=1)  # as the rotall- methods do: the residual rotation first
+    info = R.online_down(rot)["info"]
+    assert info["layers"] > 0
+    new_ops = {n.op_type for n in rot.graph.node if n.name.startswith("/rotate_down")}
+    assert new_ops <= {"MatMul", "Reshape"} and "MatMul" in new_ops
+    got, _ = _run(rot, feeds)
+    err = max(_rel(ref[k], got[k]) for k in ref)  # hidden_states and every present K/V
+    if orthogonal:
+        assert err < 2e-5, err
+    else:
+        assert _rel(ref["hidden_states"], got["hidden_states"]) > 2e-4, err  # 10x the exactness bound
+
+
+@pytest.mark.parametrize("method", ["rotvo-clip", "rotall-clip"])
+def test_rotated_int4_graph_is_trt_lintable_and_close(tiny_bundle, method):
+    """The int4 rewrite with every rotation (residual, per-head v/o, online down_proj Hadamard): the graph passes
+    lint-trt (the online rotation is plain MatMul / Reshape by constants, the INT4 weights the bundle's DQ form) and
+    its output stays near the fp32 graph's (INT4 error only); the rotation's constants stay float."""
+    from types import SimpleNamespace
+
+    from janus_edge.export.lint_trt import lint_model
+    from janus_edge.quant.int4 import quantize_int4
+
+    model = _lm(tiny_bundle)
+    import onnxruntime as ort
+
+    feeds = _feeds(ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]))
+    ref, _ = _run(model, feeds)
+    opts = SimpleNamespace(method=method, block_size=64, int8_layers=(), target="any", progress=False, extra={})
+    q, entry = quantize_int4(_lm(tiny_bundle), "lm", None, opts)
+    rot = entry["rotation"]
+    assert "heads" in rot and ("online_down" in rot) == (method == "rotall-clip")
+    findings, _, _ = lint_model(q, "lm")
+    assert not findings, [f.line() for f in findings]
+    fl = [n for n in q.graph.node if n.name.startswith("/rotate_") and n.op_type == "MatMul"]
+    assert fl and all(not i.endswith("_dq") for n in fl for i in n.input)  # the rotation MatMuls are float
+    got, _ = _run(q, {k: ((v @ R.rotation(R._head_dim(q), 1)).astype(v.dtype) if k.startswith("past_value") else v)
+                      for k, v in feeds.items()})
+    err = _rel(ref["hidden_states"], got["hidden_states"])
+    plain, _ = quantize_int4(_lm(tiny_bundle), "lm", None, SimpleNamespace(**{**vars(opts), "method": "clip"}))
+    base = _rel(ref["hidden_states"], _run(plain, feeds)[0]["hidden_states"])
+    assert err < 3 * base, (err, base)  # INT4 error only, of the size the unrotated graph has
+    print(method, err, base)
+
+
+def test_every_calibrated_int4_method_gets_calibration():
+    """quant/api.needs_calibration for every method name: a method that reads activation statistics (awq-clip,
+    gptq, gptq-ao, awq, behind any rotation prefix) must get the calibration, else int4 silently falls back to the
+    calibration-free clip search (what gptq-ao and rotall-gptq-ao got before this test)."""
+    from janus_edge.quant import api
+    from janus_edge.quant.int4_weights import ALL_INT4_METHODS, split_method
+
+    pol = {"lm": "int4"}
+    for m in ALL_INT4_METHODS:
+        want = split_method(m)[1] not in ("rtn", "clip")
+        assert api.needs_calibration(pol, api.QuantOptions(mode="int4", method=m)) == want, m
+    assert api.needs_calibration(pol, api.QuantOptions(mode="int4"))  # the default, awq-clip
