@@ -21,8 +21,6 @@ import time
 VARIANTS = {  # name: (QuantOptions fields, what differs from the fp32 bundle)
     "fp32 lm, fp16 KV": ({"mode": "int4", "graphs": "gen_head", "kv_dtype": "float16"}, "the cache only"),
     "fp32 lm, int8 KV": ({"mode": "int4", "graphs": "gen_head", "kv_dtype": "int8"}, "the cache only"),
-    "int4 (defaults), fp32 KV": ({"mode": "int4"}, "int4 weights"),
-    "int4 (defaults), int8 KV": ({"mode": "int4", "kv_dtype": "int8"}, "int4 weights + the cache"),
 }
 
 

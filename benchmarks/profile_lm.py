@@ -28,7 +28,7 @@ from .ours import DEFAULT_PROMPT
 PROFILED = ("gen_embed", "lm", "gen_head")
 # Every ORT session owns an intra-op thread pool whose threads spin after each run; with 2 cores, the pools of
 # gen_head / gen_embed spin while lm runs (and back). `--spin` tries the runtime without that (benchmark only).
-SPIN = {"default": "the runtime's sessions as they are", "off-small": "no spinning in every graph but lm",
+SPIN = {"default": "the runtime's sessions as they are", "lm": "the lm's threads spin, the other graphs' sleep",
         "off-all": "no spinning in any graph"}
 PROJ = re.compile(r"(q_proj|k_proj|v_proj|o_proj)")
 MLP = re.compile(r"(gate_proj|up_proj|down_proj|mlp)")
@@ -64,9 +64,8 @@ def _backend(threads, prof_dir, spin: str = "default"):
         sessions: dict = {}
 
         def open(self, path, spec):
-            so = self.options()
-            if spin == "off-all" or (spin == "off-small" and spec.name != "lm"):
-                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so = self.options(spin=spec.name in self.spin_graphs if spin == "default" else
+                              (spin == "lm" and spec.name == "lm"))
             if spec.name in PROFILED:
                 so.enable_profiling = True
                 so.profile_file_prefix = os.path.join(prof_dir, spec.name)

@@ -255,8 +255,8 @@ def recording_backend(collector: Collector, graphs=CALIB_GRAPHS, threads: int | 
             return run
 
     class RecordingBackend(OrtBackend):
-        def options(self):
-            so = super().options()
+        def options(self, **kw):
+            so = super().options(**kw)
             for k, v in (session_config or {}).items():
                 so.add_session_config_entry(k, v)
             return so

@@ -109,6 +109,11 @@ def test_plot_and_summary(t2i):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert "decode step p50" in out and "speedup vs transformers" in out and "(extrapolated)" in out
     assert "floor" in out and "GB/s" in out
+    # which kernels ran (ORT's profiler over the warm-up call): the fp32 lm's weights go through (Fused)MatMul
+    assert "kernels ran (ORT, after its fusions): gen_embed: " in out
+    lm = res["results"][0]["kernels"]["lm"]
+    assert set(lm) <= set(__import__("janus_edge.benchmarks.ours", fromlist=["x"]).KERNEL_OPS)
+    assert lm.get("MatMul", 0) + lm.get("FusedMatMul", 0) >= 4 * 2  # >= the tiny model's 4 weight MatMuls per layer
 
 
 def test_table(t2i, capsys):
@@ -230,7 +235,7 @@ def test_profile_breakdown(tiny_bundle):
 
     from janus_edge.contract import load_manifest
 
-    p = profile(tiny_bundle, steps=2, warmup=1, threads=1, spin="off-small", images=2, bandwidth_gbps=10.0)
+    p = profile(tiny_bundle, steps=2, warmup=1, threads=1, spin="lm", images=2, bandwidth_gbps=10.0)
     assert p["steps_profiled"] == 2 and set(p["graph_ms_per_step"]) == {"gen_embed", "lm", "gen_head"}
     assert p["rows"] == 4 and all(v > 0 for v in p["graph_ms_per_step"].values())
     assert any(k.startswith("lm:MatMul") for k in p["ops"]) and p["profile_dir"] is None
