@@ -4,7 +4,7 @@
 
 Bundles (in DIR, made with `quantize_bundle`, one calibration shared through DIR/calib.npz): the fp32 lm with an
 fp16 and an int8 cache (`--graphs gen_head`: gen_head is the only graph quantized, the lm's weights stay fp32, so
-only the cache differs), and the default int4 bundle with an fp32 and an int8 cache (the cost on top of int4).
+only the cache differs).
 Each is compared with the fp32 bundle teacher-forced ONE token per lm call (quant/evaluate.py text_accuracy,
 chunk 1): every earlier position is read back from the stored cache, as in decoding (a chunked prefill would attend
 to its own chunk in fp32). Held-out texts per domain (quant/data, never used by the calibration), the first

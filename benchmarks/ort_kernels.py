@@ -211,6 +211,31 @@ def run(forms, rows=(1, 2, 8), threads=2, mb=384, runs=5, iters=3, shapes=None, 
             "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "results": results}
 
 
+def markdown(r: dict) -> str:
+    rows = sorted({x["rows"] for x in r["results"]})
+    lines = [f"# ONNX Runtime {r['onnxruntime']} kernels on the decode shapes ({r['time_utc']} UTC)", "",
+             f"CPU: {r['cpu']} ({', '.join(r['cpu_flags'])}); {r['threads']} threads; bandwidth probe {r['probe_gbps']} "
+             f"GB/s (ratios use {r['bandwidth_gbps']}); load average {r['loadavg_start']} -> {r['loadavg_end']}; "
+             f">= {r['mb_per_form']} MiB of weights per form, best of {r['runs']} x {r['iters']} calls. GB/s = the "
+             "form's weight bytes (codes + scales) / time; ratio = probe / GB/s (1.0 = at the floor). Written by "
+             "benchmarks/ort_kernels.py.", "",
+             "| shape K x N | form | kernels ran | " + " | ".join(f"{n} rows GB/s (ratio)" for n in rows) + " |",
+             "|---|---|---|" + "---|" * len(rows)]
+    keys = []
+    for x in r["results"]:
+        k = (tuple(x["shape"]), x["form"])
+        if k not in keys:
+            keys.append(k)
+    for shape, form in keys:
+        cells = []
+        for n in rows:
+            x = next((y for y in r["results"] if tuple(y["shape"]) == shape and y["form"] == form and y["rows"] == n), None)
+            cells.append(f"{x['gbps']:.1f} ({x['floor_ratio']:.2f})" if x else "")
+        kern = next(y["kernels"] for y in r["results"] if y["form"] == form)
+        lines.append(f"| {shape[0]} x {shape[1]} | {form} | {', '.join(kern)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m janus_edge.benchmarks.ort_kernels", description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -231,6 +256,9 @@ def main(argv=None) -> int:
         with open(a.json, "w") as fh:
             json.dump(res, fh, indent=1)
             fh.write("\n")
+        with open(os.path.splitext(a.json)[0] + ".md", "w") as fh:
+            fh.write(markdown(res))
+    print(markdown(res))
     return 0
 
 

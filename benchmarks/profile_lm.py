@@ -186,6 +186,30 @@ def format_profile(p: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown(out: dict) -> str:
+    """The run as markdown: one table per profile (role, ms, MB read, GB/s, floor ms, ratio)."""
+    lines = [f"# Decode-step profile ({out['time_utc']} UTC)", "",
+             f"CPU: {out['cpu']} ({', '.join(out['cpu_flags'])}); {out['threads']} threads; bandwidth probe "
+             f"{out['probe_gbps']} GB/s (floors use {out['bandwidth_gbps']}); load average at start "
+             f"{out['loadavg_start']}. Written by benchmarks/profile_lm.py from ONNX Runtime's profiler (per-node "
+             "times include its overhead; bytes = each node's initializers + inputs).", ""]
+    for p in out["profiles"]:
+        lines += [f"## {os.path.basename(p['bundle'].rstrip('/'))}, {p['rows']} rows", "",
+                  f"step p50 {p['step_ms_p50_while_profiling']:.1f} ms while profiling; graphs "
+                  + ", ".join(f"{g} {v:.2f}" for g, v in p["graph_ms_per_step"].items())
+                  + f" ms; outside the graphs (KV append, sampling, Python) {p['outside_graphs_ms_per_step']:.2f} ms;"
+                  f" bytes read {p['bytes_read_per_step'] / 1e6:.1f} MB, floor {p['floor_ms_per_step']} ms "
+                  f"(x{p['floor_ratio_step']}); load average after {p['loadavg_after']}", "",
+                  "| role | ms/step | MB read | GB/s | floor ms | ratio |", "|---|---|---|---|---|---|"]
+        for k, r in p["roles"].items():
+            lines.append(f"| {k} | {r['ms']:.2f} | {r['bytes'] / 1e6:.1f} | {r['gbps'] or 0:.1f} | "
+                         f"{r.get('floor_ms', 0):.2f} | {r.get('floor_ratio') or 0:.2f} |")
+        lines += ["", "| op | ms/step | GB/s |", "|---|---|---|"]
+        lines += [f"| {k} | {r['ms']:.2f} | {r['gbps'] or 0:.1f} |" for k, r in list(p["ops"].items())[:10]]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m janus_edge.benchmarks.profile_lm", description=__doc__.splitlines()[0])
     ap.add_argument("bundles", nargs="+", metavar="bundle")
@@ -229,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.json, "w") as fh:
             json.dump(out, fh, indent=1)
             fh.write("\n")
+        if a.probe_mb:
+            with open(os.path.splitext(a.json)[0] + ".md", "w") as fh:
+                fh.write(markdown(out))
     return 0
 
 
