@@ -76,6 +76,38 @@ def _backend(threads, prof_dir, spin: str = "default"):
     return ProfilingBackend(threads=threads)
 
 
+def weight_bytes_by_node(path: str) -> dict[str, int]:
+    """Weight MatMul node name -> bytes of the constant weights it consumes in the bundle's graph file (its
+    initializer inputs, also through DequantizeLinear / Cast / Transpose / Reshape of initializers: the Q/DQ forms).
+    ORT's profiler cannot say this: weights it prepacks at load (MatMulNBits, MatMulIntegerToFloat) count 0 bytes in
+    its parameter_size / activation_size. ORT keeps a fused node's MatMul name, so the names match its events."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.load(path, load_external_data=False)
+    half = (TensorProto.INT4, TensorProto.UINT4)
+    init = {t.name: (int(np.prod(t.dims)) if len(t.dims) else 1) for t in m.graph.initializer}
+    size = {t.name: ((init[t.name] + 1) // 2 if t.data_type in half else
+                     init[t.name] * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize) for t in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+
+    def const_bytes(x: str, depth: int = 0) -> int:
+        if x in size:
+            return size[x]
+        n = producer.get(x)
+        if n is None or depth > 3 or n.op_type not in ("DequantizeLinear", "Cast", "Transpose", "Reshape"):
+            return 0
+        return sum(const_bytes(i, depth + 1) for i in n.input if i)
+
+    out = {}
+    for n in m.graph.node:
+        if n.op_type in WEIGHT_OPS or n.domain == "com.microsoft" and n.op_type in WEIGHT_OPS:
+            b = sum(const_bytes(i) for i in n.input[1:] if i)
+            if b > 4096:  # a weight, not a scalar scale
+                out[n.name] = b
+    return out
+
+
 def _events(path: str) -> list[dict]:
     with open(path) as fh:
         return json.load(fh)
@@ -114,6 +146,10 @@ def profile(bundle: str, steps: int = 6, warmup: int = 2, threads: int | None = 
     step_s = np.diff(marks)[warmup:]
     # lm: run 0 is the prefill, then one run per decode step; gen_embed: one per step; gen_head: one per token
     skip = {"lm": 1 + warmup, "gen_embed": warmup, "gen_head": 1 + warmup}
+    from janus_edge.contract import load_manifest
+
+    man = load_manifest(bundle)
+    static = {g: weight_bytes_by_node(os.path.join(bundle, man.graphs[g].file)) for g in PROFILED}
     per_graph, by_op, by_role, by_node = {}, defaultdict(float), defaultdict(float), defaultdict(float)
     bytes_role, bytes_op = defaultdict(float), defaultdict(float)
     for g in PROFILED:
@@ -130,7 +166,10 @@ def profile(bundle: str, steps: int = 6, warmup: int = 2, threads: int | None = 
             node = e["name"][: -len("_kernel_time")]
             d = e["dur"] / 1e3 / len(windows)
             # what the node read: its initializers (weights) + its inputs (the KV cache for attention)
-            nb = (int(args.get("parameter_size", 0)) + int(args.get("activation_size", 0))) / len(windows)
+            nb = static[g].get(node)
+            if nb is None:
+                nb = int(args.get("parameter_size", 0)) + int(args.get("activation_size", 0))
+            nb /= len(windows)
             by_op[f"{g}:{op}"] += d
             bytes_op[f"{g}:{op}"] += nb
             role = _role(node, op) if g == "lm" else f"{g} (whole graph)"
@@ -192,7 +231,8 @@ def markdown(out: dict) -> str:
              f"CPU: {out['cpu']} ({', '.join(out['cpu_flags'])}); {out['threads']} threads; bandwidth probe "
              f"{out['probe_gbps']} GB/s (floors use {out['bandwidth_gbps']}); load average at start "
              f"{out['loadavg_start']}. Written by benchmarks/profile_lm.py from ONNX Runtime's profiler (per-node "
-             "times include its overhead; bytes = each node's initializers + inputs).", ""]
+             "times include its overhead; bytes = a weight node's weights in the bundle's graph file, other nodes' "
+             "inputs as ORT's profiler reports them: the KV cache for attention).", ""]
     for p in out["profiles"]:
         lines += [f"## {os.path.basename(p['bundle'].rstrip('/'))}, {p['rows']} rows", "",
                   f"step p50 {p['step_ms_p50_while_profiling']:.1f} ms while profiling; graphs "
