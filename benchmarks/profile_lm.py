@@ -63,9 +63,10 @@ def _backend(threads, prof_dir, spin: str = "default"):
 
         sessions: dict = {}
 
-        def open(self, path, spec):
-            so = self.options(spin=spec.name in self.spin_graphs if spin == "default" else
-                              (spin == "lm" and spec.name == "lm"))
+        def open(self, path, spec, session_config=None, precision=None):
+            # the runtime's options for this graph (the manifest's ort_session_config included: without it an int8
+            # gen_head is not fused and dequantizes its weights every call)
+            so = self.graph_options(spec, session_config, precision)
             if spec.name in PROFILED:
                 so.enable_profiling = True
                 so.profile_file_prefix = os.path.join(prof_dir, spec.name)
@@ -73,7 +74,10 @@ def _backend(threads, prof_dir, spin: str = "default"):
             self.sessions[spec.name] = sess
             return OrtGraph(sess, spec)
 
-    return ProfilingBackend(threads=threads)
+    be = ProfilingBackend(threads=threads)
+    if spin != "default":
+        be.spin_graphs = ("lm",) if spin == "lm" else ()
+    return be
 
 
 def weight_bytes_by_node(path: str) -> dict[str, int]:
