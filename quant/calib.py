@@ -375,7 +375,9 @@ def collect(bundle_dir: str, cfg: CalibConfig | None = None) -> CalibData:
     cfg = cfg or CalibConfig()
     if cfg.cache and os.path.exists(cfg.cache):
         data = CalibData.load(cfg.cache)
-        if data.meta.get("bundle") == os.path.abspath(bundle_dir):
+        # re-used only when it covers what is asked: the same bundle, every graph, and (lm) the KV-cache ranges
+        covers = set(cfg.graphs) <= set(data.graphs) and ("lm" not in cfg.graphs or data.kv_absmax)
+        if data.meta.get("bundle") == os.path.abspath(bundle_dir) and covers:
             return data
     prompts = read_lines(cfg.prompts_file, "calibration prompts")
     questions = read_lines(cfg.chat_file, "calibration chat")
