@@ -115,3 +115,12 @@ def test_int8_kv_perplexity_trained_lm(trained_bundle, tmp_path):
     assert r["tokens"] == len(ids) - 1
     assert r["ppl_delta_pct"] <= 1.0, r
     assert r["top1_agreement"] >= 0.9, r  # measured 0.9245 with +0.74% (small calibration, 159 tokens)
+
+
+def test_int8_kv_after_a_cached_calibration_without_lm(tiny_bundle, tmp_path):
+    """A calibration cache written for gen_head only (no lm, no KV ranges) is not re-used for an int8 KV cache:
+    it is collected again (it used to be loaded, and the int8 KV quantize refused it)."""
+    cal = {"calib": {**SMALL_CALIB["calib"], "cache": str(tmp_path / "calib.npz")}}
+    _q(tiny_bundle, tmp_path / "a", mode="int4", graphs="gen_head", kv_dtype="float16", extra=cal)
+    out = _q(tiny_bundle, tmp_path / "b", mode="int4", method="clip", graphs="gen_head", kv_dtype="int8", extra=cal)
+    assert json.load(open(os.path.join(out, "manifest.json")))["kv_cache_dtype"] == "int8"
