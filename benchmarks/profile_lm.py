@@ -112,6 +112,15 @@ def weight_bytes_by_node(path: str) -> dict[str, int]:
     return out
 
 
+def _static_bytes(static: dict[str, int], node: str) -> int | None:
+    """The weights of a profiled node: by its name, else by the source node whose name it extends (ORT renames some
+    fused nodes, e.g. a MatMulNBits that took in its bias Add)."""
+    if node in static:
+        return static[node]
+    hits = [k for k in static if node.startswith(k)]
+    return static[max(hits, key=len)] if hits else None
+
+
 def _events(path: str) -> list[dict]:
     with open(path) as fh:
         return json.load(fh)
@@ -170,7 +179,7 @@ def profile(bundle: str, steps: int = 6, warmup: int = 2, threads: int | None = 
             node = e["name"][: -len("_kernel_time")]
             d = e["dur"] / 1e3 / len(windows)
             # what the node read: its initializers (weights) + its inputs (the KV cache for attention)
-            nb = static[g].get(node)
+            nb = _static_bytes(static[g], node)
             if nb is None:
                 nb = int(args.get("parameter_size", 0)) + int(args.get("activation_size", 0))
             nb /= len(windows)
