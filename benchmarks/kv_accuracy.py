@@ -54,7 +54,7 @@ def run(fp32: str, work: str, tokens: int, threads: int | None = 2) -> dict:
 def markdown(r: dict) -> str:
     doms = list(next(iter(r["variants"].values()))["domains"])
     lines = [f"# KV-cache precision: perplexity on the trained LM ({r['time_utc']} UTC)", "",
-             f"Teacher-forced {r['eval']}; first {r['tokens_per_domain']} tokens of each held-out domain; "
+             f"{r['eval']}; first {r['tokens_per_domain']} tokens of each held-out domain; "
              f"vs the fp32 bundle. Written by benchmarks/kv_accuracy.py.", "",
              "| variant | differs from fp32 | " + " | ".join(f"{d} ppl (delta)" for d in doms) + " | top-1 agreement |",
              "|---|---|" + "---|" * len(doms) + "---|"]
