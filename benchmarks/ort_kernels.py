@@ -215,7 +215,7 @@ def markdown(r: dict) -> str:
     rows = sorted({x["rows"] for x in r["results"]})
     lines = [f"# ONNX Runtime {r['onnxruntime']} kernels on the decode shapes ({r['time_utc']} UTC)", "",
              f"CPU: {r['cpu']} ({', '.join(r['cpu_flags'])}); {r['threads']} threads; bandwidth probe {r['probe_gbps']} "
-             f"GB/s (ratios use {r['bandwidth_gbps']}); load average {r['loadavg_start']} -> {r['loadavg_end']}; "
+             f"GB/s (ratios use the first, taken before any form: {r['probe_gbps'][0]}); load average {r['loadavg_start']} -> {r['loadavg_end']}; "
              f">= {r['mb_per_form']} MiB of weights per form, best of {r['runs']} x {r['iters']} calls. GB/s = the "
              "form's weight bytes (codes + scales) / time; ratio = probe / GB/s (1.0 = at the floor). Written by "
              "benchmarks/ort_kernels.py.", "",
