@@ -58,6 +58,24 @@ def bundle_info(pipe) -> dict:
             **(gpu() if gpu is not None else {})}
 
 
+# the weight / attention kernels `kernels` reports (ORT op types after its fusions)
+KERNEL_OPS = ("MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul", "MatMulInteger",
+              "MatMul", "FusedMatMul", "Gemm", "GroupQueryAttention", "MultiHeadAttention", "Attention")
+
+
+def kernels(pipe, graphs) -> dict:
+    """{graph: {op type: kernel runs}} of the weight/attention kernels that ran in the warm-up call(s), read from
+    ORT's profiler (OrtBackend.kernel_census); {} for backends without it."""
+    out = {}
+    for g in graphs:
+        census = getattr(pipe.bundle.graph(g), "kernels", None)
+        ops = census() if census else {}
+        ops = {op: n for op, n in sorted(ops.items(), key=lambda kv: -kv[1]) if op in KERNEL_OPS}
+        if ops:
+            out[g] = ops
+    return out
+
+
 def _cache_itemsize(pipe) -> int:
     return np.dtype(pipe.bundle.specs["lm"].input("past_key.0").dtype).itemsize
 
@@ -81,6 +99,7 @@ def measure_t2i(pipe, *, prompt: str, steps: int | None, runs: int, warmup_steps
         _t2i_run(pipe, ids, n, cfg_weight, temperature, seed, 1)
         codes = np.random.default_rng(seed).integers(0, d.image_vocab_size, size=(n, T))
         pipe.decode_tokens(codes)
+        ran = kernels(pipe, ("gen_embed", "lm", "gen_head"))
         runs_out, vq_s = [], []
         for r in range(runs):
             run = _t2i_run(pipe, ids, n, cfg_weight, temperature, seed + r, limit)
@@ -110,6 +129,7 @@ def measure_t2i(pipe, *, prompt: str, steps: int | None, runs: int, warmup_steps
            "image_s_note": ("measured: prefill + all decode steps + VQ decode" if complete else
                             f"extrapolated: prefill + {available} x mean step + VQ decode, from "
                             f"{stats['steps_timed']} timed steps"),
+           "kernels": ran, "kernels_note": "op types run by the warm-up call (prefill + 1 step), ORT's profiler",
            "open_graphs_s": round(open_s, 3), "peak_rss_mb": mem.peak_mb, "other_processes_cores": mem.others_cores, "rss_mb_before": mem.start_mb,
            "weight_bytes_by_graph": {g: b for g, (b, _) in weights.items()},
            "weight_bytes_source": sorted({s for _, s in weights.values()}),
@@ -146,6 +166,7 @@ def measure_chat(pipe, *, question: str, steps: int | None, runs: int, warmup_st
             pipe.bundle.graph(g)
         pixels = pipe._pixels([image])
         _chat_run(pipe, question, image, 2)  # warm-up
+        ran = kernels(pipe, ("lm", "lm_head"))
         enc, ttft, runs_out = [], [], []
         for _ in range(runs):
             t = time.perf_counter()
@@ -164,7 +185,7 @@ def measure_chat(pipe, *, question: str, steps: int | None, runs: int, warmup_st
     all_steps = [s for steps_s, _ in runs_out for s in steps_s]
     out = {**bundle_info(pipe), "task": "chat", "backend": pipe.bundle.backend.name, "question": question,
            "prompt_len": L, "rows": 1, "runs": runs, "warmup_steps": skip, "max_new_tokens": max_new,
-           "new_tokens": gen, "image_encode_ms": ms(np.median(enc)), "ttft_ms": ms(np.median(ttft)),
+           "new_tokens": gen, "kernels": ran, "image_encode_ms": ms(np.median(enc)), "ttft_ms": ms(np.median(ttft)),
            "tokens_per_s": round(len(all_steps) / sum(all_steps), 3) if all_steps else None,
            "peak_rss_mb": mem.peak_mb, "other_processes_cores": mem.others_cores, "rss_mb_before": mem.start_mb, **stats,
            "step_ms": [ms(s) for s in runs_out[0][0]], "step_index": list(range(1, len(runs_out[0][0]) + 1))}

@@ -49,6 +49,9 @@ def summary(res: dict) -> str:
         if r.get("images_step_ratio"):
             lines.append(f"    {r['n']} images ({r['rows']} rows): step {r['images_step_ratio']:.2f}x that of "
                          f"{r['images_step_ratio_vs_n']} image(s)")
+        if r.get("kernels"):
+            lines.append("    kernels ran (ORT, after its fusions): " + "; ".join(
+                f"{g}: " + ", ".join(f"{op} x{c}" for op, c in ops.items()) for g, ops in r["kernels"].items()))
         busy.append((name, r.get("other_processes_cores")))
         lines.append(f"    peak RSS {_f(r.get('peak_rss_mb'), '.0f')} MB" +
                      (f" | speedup vs transformers {r['speedup']:.2f}x" if r.get("speedup") else ""))

@@ -170,6 +170,8 @@ def _measure_bundle(cfg: BenchConfig, path: str, bw: float) -> tuple[list[dict],
     from . import ours
 
     pipe = Pipeline.from_bundle(path, backend=cfg.backend, threads=cfg.threads)
+    if hasattr(pipe.bundle.backend, "kernel_census"):  # ORT: profile the warm-up call, to say which kernels ran
+        pipe.bundle.backend.kernel_census = True
     share: dict = {"dims": pipe.dims}
     out = []
     if cfg.task == "t2i":

@@ -108,7 +108,8 @@ def _quantize(sub) -> None:
                                                   "ignore it)")
     s.add_argument("--graphs", default=None, help="graphs to quantize, e.g. lm,gen_head or lm=int4,gen_head=int8 "
                    "(default: lm, gen_head, lm_head)")
-    s.add_argument("--kv-dtype", default=None, help="KV cache dtype: float32 | float16 (default: the bundle's)")
+    s.add_argument("--kv-dtype", default=None, help="KV cache dtype: float32 | float16 | int8 (int8: static "
+                   "calibrated per-channel scales, ONNX Runtime only) (default: the bundle's)")
     s.add_argument("--block-size", type=int, default=128, help="int4: weights per scale along K")
     s.add_argument("--int8-layers", default=None, help="int4: MatMuls in int8 per output channel, by kind (down,up,v,"
                                                        "lm_head) or node name (/mlp/down_proj_3/MatMul) (default: "

@@ -23,6 +23,8 @@ MANIFEST = "manifest.json"
 
 GRAPHS = ("vision", "vq_encoder", "vq_decoder", "gen_embed", "lm", "lm_head", "gen_head")
 FLOAT_DTYPES = ("float32", "float16")
+# the KV cache may also be int8 (quantize --kv-dtype int8: static per-channel scales inside the lm graph, quant/kvcache.py)
+CACHE_DTYPES = FLOAT_DTYPES + ("int8",)
 
 # Name templates of the lm graph's per-layer cache tensors ({i}: layer index).
 PAST_KEY, PAST_VALUE = "past_key.{i}", "past_value.{i}"
@@ -93,8 +95,9 @@ def lm_cache_names(num_layers: int) -> tuple[list[str], list[str], list[str], li
 def graph_specs(d: ModelDims, dtype: str = "float32", cache_dtype: str | None = None) -> dict[str, GraphSpec]:
     """The I/O of every graph. `dtype` is the float type of activations; `cache_dtype` that of the lm graph's KV-cache
     inputs/outputs (default: `dtype`; a quantized bundle may store an fp16 cache for an fp32 graph)."""
-    if dtype not in FLOAT_DTYPES or (cache_dtype or dtype) not in FLOAT_DTYPES:
-        raise ContractError(f"unsupported float dtype {dtype!r}/{cache_dtype!r}; expected one of {FLOAT_DTYPES}")
+    if dtype not in FLOAT_DTYPES or (cache_dtype or dtype) not in CACHE_DTYPES:
+        raise ContractError(f"unsupported dtype {dtype!r}/{cache_dtype!r}; expected one of {FLOAT_DTYPES} (cache: "
+                            f"{CACHE_DTYPES})")
     f, i64, c = dtype, "int64", cache_dtype or dtype
     H, px, T = d.hidden_size, d.image_size, d.num_image_tokens
     kv = (d.num_kv_heads, d.head_dim)
@@ -199,9 +202,9 @@ def check_dtypes(m: Manifest) -> None:
     """The manifest's dtype (and KV-cache dtype) is what every float tensor of its graphs' I/O declares: the runtime
     allocates its buffers from the former and the graphs take the latter."""
     cache = getattr(m, "kv_cache_dtype", None) or m.dtype
-    for dt in (m.dtype, cache):
-        if dt not in FLOAT_DTYPES:
-            raise ContractError(f"manifest dtype {dt!r} is not one of {', '.join(FLOAT_DTYPES)}")
+    for dt, ok in ((m.dtype, FLOAT_DTYPES), (cache, CACHE_DTYPES)):
+        if dt not in ok:
+            raise ContractError(f"manifest dtype {dt!r} is not one of {', '.join(ok)}")
     cache_names = {n for names in lm_cache_names(m.dims.num_layers) for n in names}
     for g, e in m.graphs.items():
         for t in (*e.inputs, *e.outputs):

@@ -87,6 +87,7 @@ class CalibData:
 
     graphs: dict[str, dict[str, TensorStats]] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    kv_absmax: dict[str, np.ndarray] = field(default_factory=dict)  # lm new_key.i/new_value.i -> [kv_heads, head_dim]
 
     def stats(self, graph: str, act: str) -> TensorStats | None:
         return self.graphs.get(graph, {}).get(act)
@@ -111,6 +112,7 @@ class CalibData:
                 arrays[f"{g}|{i}|samples"] = st.samples
         import json
 
+        arrays.update({f"kv|{n}": a for n, a in self.kv_absmax.items()})
         arrays["meta"] = np.array(json.dumps(self.meta))
         np.savez(path, **arrays)
 
@@ -120,6 +122,7 @@ class CalibData:
 
         z = np.load(path, allow_pickle=False)
         cd = CalibData(meta=json.loads(str(z["meta"])))
+        cd.kv_absmax = {k[3:]: z[k] for k in z.files if k.startswith("kv|")}
         for k in z.files:
             if k.endswith("|name"):
                 g, i, _ = k.split("|")
@@ -191,6 +194,14 @@ class Collector:
         self.calls[graph] = k + 1
         return self.enabled and (seq > 1 or k % self.decode_stride == 0)
 
+    def add_kv(self, outputs: dict[str, np.ndarray]) -> None:
+        """absmax per KV head and channel of the lm's new K/V outputs [rows, kv_heads, seq, head_dim] (int8 cache)."""
+        for name, x in outputs.items():
+            if name.startswith(("new_key.", "new_value.")):
+                m = np.abs(np.asarray(x, np.float32)).max(axis=(0, 2))
+                old = self.data.kv_absmax.get(name)
+                self.data.kv_absmax[name] = m if old is None else np.maximum(old, m)
+
     def add(self, graph: str, acts: dict[str, np.ndarray]) -> None:
         self.observed[graph] = self.observed.get(graph, 0) + 1
         per = self.data.graphs.setdefault(graph, {})
@@ -217,6 +228,8 @@ def recording_backend(collector: Collector, graphs=CALIB_GRAPHS, threads: int | 
             acts = {a: res[a] for a in self.extra}
             acts.update({a: feeds[a] for a in self.direct})
             collector.add(self.spec.name, acts)
+            if self.spec.name == "lm":
+                collector.add_kv({k: res[k] for k in self._outputs})
             return {k: res[k] for k in self._outputs}
 
         def run(self, feeds):
@@ -242,8 +255,8 @@ def recording_backend(collector: Collector, graphs=CALIB_GRAPHS, threads: int | 
             return run
 
     class RecordingBackend(OrtBackend):
-        def options(self):
-            so = super().options()
+        def options(self, **kw):
+            so = super().options(**kw)
             for k, v in (session_config or {}).items():
                 so.add_session_config_entry(k, v)
             return so
@@ -362,7 +375,9 @@ def collect(bundle_dir: str, cfg: CalibConfig | None = None) -> CalibData:
     cfg = cfg or CalibConfig()
     if cfg.cache and os.path.exists(cfg.cache):
         data = CalibData.load(cfg.cache)
-        if data.meta.get("bundle") == os.path.abspath(bundle_dir):
+        # re-used only when it covers what is asked: the same bundle, every graph, and (lm) the KV-cache ranges
+        covers = set(cfg.graphs) <= set(data.graphs) and ("lm" not in cfg.graphs or data.kv_absmax)
+        if data.meta.get("bundle") == os.path.abspath(bundle_dir) and covers:
             return data
     prompts = read_lines(cfg.prompts_file, "calibration prompts")
     questions = read_lines(cfg.chat_file, "calibration chat")

@@ -64,8 +64,8 @@ def open_bundle(bundle_dir: str, threads: int | None = None, config: dict | None
     extra = config or {}  # the runtime applies each graph's manifest `ort_session_config` itself
 
     class EvalBackend(OrtBackend):
-        def options(self):
-            so = super().options()
+        def options(self, **kw):
+            so = super().options(**kw)
             for k, v in extra.items():
                 try:
                     if so.get_session_config_entry(k) == v:  # the runtime sets it already

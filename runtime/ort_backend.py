@@ -1,6 +1,7 @@
 """ONNX Runtime backend (CPU execution provider): numpy buffers bound zero-copy through IO binding."""
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 
@@ -32,6 +33,29 @@ class OrtGraph(Graph):
         self.session, self.spec = session, spec
         self._outputs = [o.name for o in spec.outputs]
         self.calls = 0  # graph invocations (tests check one lm call per decode step)
+        self._census: dict[str, int] | None = None
+
+    def kernels(self) -> dict[str, int]:
+        """{op type: kernel runs} of the calls made so far, after ORT's fusions (what actually ran), from its profiler;
+        the first call ends profiling (later calls are not profiled). Needs `OrtBackend.kernel_census` set before
+        the graph was opened; {} otherwise."""
+        if self._census is None:
+            self._census = {}
+            if self.session.get_session_options().enable_profiling:
+                path = self.session.end_profiling()
+                try:
+                    with open(path) as fh:
+                        for e in json.load(fh):
+                            op = e.get("args", {}).get("op_name") if e.get("cat") == "Node" else None
+                            if op and e["name"].endswith("_kernel_time"):
+                                self._census[op] = self._census.get(op, 0) + 1
+                finally:
+                    os.remove(path)
+                    try:
+                        os.rmdir(os.path.dirname(path))
+                    except OSError:
+                        pass
+        return dict(self._census)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.calls += 1
@@ -63,6 +87,11 @@ class OrtBackend(Backend):
     # their activation memory goes back to the system after each call instead of staying reserved beside the lm
     # weights (Pro-1B vq_decoder alone: peak 795 -> 624 MB, 408 MB held after the call instead of 795).
     no_arena = ("vision", "vq_encoder", "vq_decoder")
+    # Graphs whose idle intra-op threads spin (ORT's default) instead of sleeping between kernels: see `options`.
+    spin_graphs: tuple[str, ...] = ()
+    # True before graphs are opened: they record ORT's profile until `OrtGraph.kernels()` is called (bench: which
+    # kernels ran); the profile files go to a temp dir and are removed when read.
+    kernel_census = False
 
     def __init__(self, threads: int | None = None):
         try:
@@ -72,7 +101,7 @@ class OrtBackend(Backend):
         self.ort = ort
         self.threads = threads
 
-    def options(self):
+    def options(self, spin: bool = False):
         so = self.ort.SessionOptions()
         so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
@@ -82,7 +111,7 @@ class OrtBackend(Backend):
         # Idle intra-op threads must not spin: each graph has its own pool, and on a small CPU the pools of
         # gen_head/gen_embed spinning between calls steal the cores from lm (pro-1b fp32, 2 cores: 304 -> 217 ms
         # per image-token step).
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         # INT4 bundles: the DequantizeLinear(INT4, block) -> MatMul form is fused into MatMulNBits at load; accuracy
         # level 4 (activations int8 per block, int8 dot products) is its fast path here (2048x5632, 2 rows: ~7x the
         # speed of level 0); set explicitly rather than relying on the version's default (4 in 1.32).
@@ -98,7 +127,12 @@ class OrtBackend(Backend):
 
     def graph_options(self, spec: GraphSpec, session_config: dict | None = None, precision: str | None = None):
         """The session options `open` gives this graph (also read by quant's calibration backend)."""
-        so = self.options()
+        so = self.options(spin=spec.name in self.spin_graphs)
+        if self.kernel_census:
+            import tempfile
+
+            so.enable_profiling = True
+            so.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="janus-edge-kernels-"), spec.name)
         if precision == "float16":
             low_memory_fp16(so, self.ort)
         # Per graph, from the manifest's `quantization.ort_session_config` (runtime/bundle.py): e.g. INT8 W8A8 graphs ask for `session.x64quantprecision=1` (on x86 without

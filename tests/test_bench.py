@@ -109,6 +109,11 @@ def test_plot_and_summary(t2i):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert "decode step p50" in out and "speedup vs transformers" in out and "(extrapolated)" in out
     assert "floor" in out and "GB/s" in out
+    # which kernels ran (ORT's profiler over the warm-up call): the fp32 lm's weights go through (Fused)MatMul
+    assert "kernels ran (ORT, after its fusions): gen_embed: " in out
+    lm = res["results"][0]["kernels"]["lm"]
+    assert set(lm) <= set(__import__("janus_edge.benchmarks.ours", fromlist=["x"]).KERNEL_OPS)
+    assert lm.get("MatMul", 0) + lm.get("FusedMatMul", 0) >= 4 * 2  # >= the tiny model's 4 weight MatMuls per layer
 
 
 def test_table(t2i, capsys):
@@ -228,8 +233,17 @@ def test_step_stats():
 def test_profile_breakdown(tiny_bundle):
     from janus_edge.benchmarks.profile_lm import format_profile, profile
 
-    p = profile(tiny_bundle, steps=2, warmup=1, threads=1, spin="off-small")
+    from janus_edge.contract import load_manifest
+
+    p = profile(tiny_bundle, steps=2, warmup=1, threads=1, spin="lm", images=2, bandwidth_gbps=10.0)
     assert p["steps_profiled"] == 2 and set(p["graph_ms_per_step"]) == {"gen_embed", "lm", "gen_head"}
-    assert all(v > 0 for v in p["graph_ms_per_step"].values()) and p["lm_ms_by_role"] and p["ms_by_op"]
-    assert any(k.startswith("lm:MatMul") for k in p["ms_by_op"]) and p["profile_dir"] is None
-    assert "lm by role" in format_profile(p)
+    assert p["rows"] == 4 and all(v > 0 for v in p["graph_ms_per_step"].values())
+    assert any(k.startswith("lm:MatMul") for k in p["ops"]) and p["profile_dir"] is None
+    # the bytes the profiler says the step's nodes read cover every weight of the step's graphs (the floor's bytes)
+    m = load_manifest(tiny_bundle)
+    weights = sum(m.graphs[g].weight_bytes for g in ("gen_embed", "lm", "gen_head"))
+    assert weights <= p["bytes_read_per_step"] <= 1.5 * weights + 4e6
+    assert p["floor_ms_per_step"] == pytest.approx(p["bytes_read_per_step"] / 10e9 * 1e3, abs=1e-3)
+    r = p["roles"]["attention over the KV cache (QK^T, PV)"]
+    assert r["bytes"] > 0 and r["floor_ratio"] == pytest.approx(r["ms"] / r["floor_ms"], rel=0.02)
+    assert "floor" in format_profile(p) and "lm_head" not in p["roles"]
