@@ -73,7 +73,8 @@ def _vs(v: dict | None) -> str:
 
 def markdown(results: list[dict]) -> str:
     pct = lambda v: "-" if v != v else f"{100 * v:.1f}%"  # noqa: E731
-    lines = ["| bundle | quant | sampled (CFG, T=1) | held-out | greedy | held-out | chat | held-out "
+    cfg = results[0]["sampled"]["cfg"] if results else "?"
+    lines = [f"| bundle | quant | sampled (CFG {cfg:g}, T=1) | held-out | greedy (CFG {cfg:g}) | held-out | chat | held-out "
              "| greedy tokens = first bundle's | PSNR vs first (mean / min) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:

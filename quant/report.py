@@ -90,7 +90,7 @@ def _shapes_captions(n: int) -> list[str]:
 
 
 def _shapes_rows(fp, q, captions: int = 36, chat_scenes: int = 36) -> dict:
-    """ShapeEval (greedy pictures, CFG 5) and exact chat answers of both bundles on the shapes grammar, and the
+    """ShapeEval (greedy pictures at the shapes model's CFG) and exact chat answers of both bundles on the shapes grammar, and the
     quantized pictures against the fp ones (janus_edge/shapes/evaluate.py)."""
     from janus_edge.runtime.pipeline import Pipeline
     from janus_edge.shapes import scenes as S
@@ -157,7 +157,7 @@ def shapes_markdown(sh: dict | None) -> list[str]:
     if not sh:
         return []
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
-    L = [f"## Pictures and answers (the shapes model, ShapeEval: {sh['captions']} captions greedy at CFG 5, "
+    L = [f"## Pictures and answers (the shapes model, ShapeEval: {sh['captions']} captions greedy at CFG {sh['cfg']:g}, "
          f"{sh['chat_scenes']} drawn scenes x 3 questions)", "",
          "| | fp | quantized |", "|---|---|---|"]
     fp, q = sh["fp"], sh["quantized"]

@@ -310,15 +310,15 @@ def test_shapes_engines_draw_and_answer_like_ort(shapes_engines):
     (tests/shapes_checks.py), and most greedy image tokens equal ORT's (the tiny model's near-constant tokens made
     "> 0.5 agreement" meaningless; here 64 tokens of a real picture must match)."""
     from janus_edge import Pipeline
-    from janus_edge.shapes.evaluate import agreement, generation_rows
+    from janus_edge.shapes.evaluate import SHAPES_CFG, agreement, generation_rows
     from shapes_checks import GREEDY, check_chat, check_generation
 
     bundle, eng = shapes_engines
     trt = Pipeline.from_bundle(eng, backend="trt")
     check_generation(trt)
     check_chat(trt)
-    ours = generation_rows(trt, GREEDY, n=1, temperature=0.0, keep=True)
-    ref = generation_rows(Pipeline.from_bundle(bundle), GREEDY, n=1, temperature=0.0, keep=True)
+    ours = generation_rows(trt, GREEDY, n=1, cfg=SHAPES_CFG, temperature=0.0, keep=True)
+    ref = generation_rows(Pipeline.from_bundle(bundle), GREEDY, n=1, cfg=SHAPES_CFG, temperature=0.0, keep=True)
     assert agreement(ours, ref)["greedy_token_agreement"] >= 0.8
 
 
