@@ -87,23 +87,29 @@ def _chat(server, png, c, **kw):
                                       temperature=t, seed=seed, timeout_s=120, **kw))
 
 
-def test_concurrent_mixed_requests_equal_pipeline_and_share_steps(server, pipe, png, sample_image):
-    before = client.stats(server.grpc_url)
+def _run_concurrently(jobs: list) -> dict:
+    """Runs each (key, fn) of `jobs` in its own thread at once; {key: result or the exception it raised}."""
     results: dict = {}
 
     def run(key, fn):
         try:
             results[key] = fn()
-        except Exception as e:  # noqa: BLE001 - recorded and asserted below
+        except Exception as e:  # noqa: BLE001 - recorded; the callers assert on it
             results[key] = e
 
-    jobs = [(("t2i", i), lambda r=r: _t2i(server, r)) for i, r in enumerate(T2I)]
-    jobs += [(("chat", i), lambda c=c: _chat(server, png, c)) for i, c in enumerate(CHATS)]
     threads = [threading.Thread(target=run, args=j) for j in jobs]
     for t in threads:
         t.start()
     for t in threads:
         t.join(180)
+    return results
+
+
+def test_concurrent_mixed_requests_equal_pipeline_and_share_steps(server, pipe, png, sample_image):
+    before = client.stats(server.grpc_url)
+    jobs = [(("t2i", i), lambda r=r: _t2i(server, r)) for i, r in enumerate(T2I)]
+    jobs += [(("chat", i), lambda c=c: _chat(server, png, c)) for i, c in enumerate(CHATS)]
+    results = _run_concurrently(jobs)
     assert len(results) == 8 and not any(isinstance(v, Exception) for v in results.values()), results
     for i, (_, prompt, n, cfg, t, k, p, seed) in enumerate(T2I):
         ref = pipe.generate_image(prompt, n=n, cfg_weight=cfg, temperature=t, top_k=k, top_p=p, seed=seed)
@@ -280,24 +286,12 @@ def test_shapes_served_concurrently_equal_pipeline_and_pass_shapeeval(shapes_ser
     scene = S.Scene("blue", "square", "bottom left")
     buf = io.BytesIO()
     S.draw(scene).save(buf, format="PNG")
-    results: dict = {}
-
-    def run(key, fn):
-        try:
-            results[key] = fn()
-        except Exception as e:  # noqa: BLE001 - recorded and asserted below
-            results[key] = e
-
     jobs = [(("t2i", i), lambda i=i, s=s: _t2i(shapes_server, ("http" if i % 2 else "grpc", s.caption, 1, 2.0,
                                                                  0.0 if i < 3 else 1.0, None, None, i)))
             for i, s in enumerate(scenes)]
     jobs += [(("chat", a), lambda q=q: _chat(shapes_server, buf.getvalue(), (q, True, 8, 0.0, None)))
              for a, q in S.QUESTIONS.items()]
-    threads = [threading.Thread(target=run, args=j) for j in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(180)
+    results = _run_concurrently(jobs)
     assert not any(isinstance(v, Exception) for v in results.values()), results
     right = 0
     for i, s in enumerate(scenes):

@@ -188,14 +188,19 @@ def _quantized(src: str, mode: str, out: str) -> str:
 def engines(request, tmp_path_factory):
     if NO_TRT is not None:
         pytest.skip(f"needs a GPU and TensorRT >= 10.3: {NO_TRT}")
+    bundle = request.getfixturevalue("tiny_bundle_fp16" if request.param == "fp16" else "tiny_bundle")
+    return _engines_of(bundle, request.param, request.param, tmp_path_factory, max_prompt_len=128)
+
+
+def _engines_of(bundle: str, kind: str, name: str, tmp_path_factory, max_prompt_len: int):
+    """(the bundle, its engines dir): `bundle` quantized first when `kind` is one of QUANT_KINDS."""
     from janus_edge.export.trt_build import BuildOptions, build_engines
 
-    bundle = request.getfixturevalue("tiny_bundle_fp16" if request.param == "fp16" else "tiny_bundle")
-    if request.param in QUANT_KINDS:
-        bundle = _quantized(bundle, request.param, str(tmp_path_factory.mktemp("q") / request.param))
-    out = str(tmp_path_factory.mktemp("eng") / request.param)
-    return bundle, build_engines(bundle, out, BuildOptions(max_images=2, max_prompt_len=128, max_new_tokens=16,
-                                                           progress=False))
+    if kind in QUANT_KINDS:
+        bundle = _quantized(bundle, kind, str(tmp_path_factory.mktemp("q") / name))
+    out = str(tmp_path_factory.mktemp("eng") / name)
+    return bundle, build_engines(bundle, out, BuildOptions(max_images=2, max_prompt_len=max_prompt_len,
+                                                           max_new_tokens=16, progress=False))
 
 
 @pytest.mark.gpu
@@ -292,14 +297,8 @@ def shapes_engines(request, tmp_path_factory):
     """Engines of the trained shapes bundle (fp32, int8): pictures that ShapeEval can score."""
     if NO_TRT is not None:
         pytest.skip(f"needs a GPU and TensorRT >= 10.3: {NO_TRT}")
-    from janus_edge.export.trt_build import BuildOptions, build_engines
-
-    bundle = request.getfixturevalue("shapes_bundle")
-    if request.param != "fp32":
-        bundle = _quantized(bundle, request.param, str(tmp_path_factory.mktemp("q") / f"shapes_{request.param}"))
-    out = str(tmp_path_factory.mktemp("eng") / f"shapes_{request.param}")
-    return bundle, build_engines(bundle, out, BuildOptions(max_images=2, max_prompt_len=64, max_new_tokens=16,
-                                                           progress=False))
+    return _engines_of(request.getfixturevalue("shapes_bundle"), request.param, f"shapes_{request.param}",
+                       tmp_path_factory, max_prompt_len=64)
 
 
 @pytest.mark.gpu
