@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from janus_edge import contract as C
+from janus_edge.shapes.evaluate import psnr  # noqa: F401 - one PSNR for the report and ShapeEval's rows
 
 from . import calib as CB
 
@@ -188,11 +189,6 @@ def tf_image_logits(bundle, rows_ids: list[list[int]], tokens: np.ndarray, cfg_w
         h = lm_call(bundle, cache, e, pos)[:, -1]
         pos += 1
     return np.asarray(out, np.float32)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def image_accuracy(fp, q, prompts=EVAL_PROMPTS, steps: int | None = None, progress: bool = False) -> dict:

@@ -12,6 +12,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from graph_feeds import random_feeds  # noqa: E402
 from janus_edge.quant.api import QuantOptions, quantize_bundle  # noqa: E402
 
 SMALL_CALIB = {"calib": {"n_prompts": 3, "image_steps": 8, "n_chats": 1, "chat_tokens": 4, "text_file": None}}
@@ -36,17 +37,6 @@ def _scales(bundle):
 
     m = onnx.load(os.path.join(bundle, "lm.onnx"), load_external_data=False)
     return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer if t.name.startswith("/kv_cache/")}
-
-
-def _feeds(spec, past=12, seed=0):
-    rng = np.random.default_rng(seed)
-    sizes = {"rows": 2, "seq": 3, "past": past}
-    out = {}
-    for t in spec.inputs:
-        shape = tuple(sizes[d] if isinstance(d, str) else d for d in t.dims)
-        out[t.name] = (np.tile(np.arange(past, past + shape[1]), (shape[0], 1)) if t.name == "position_ids"
-                       else rng.standard_normal(shape)).astype("int64" if t.name == "position_ids" else "float32")
-    return out
 
 
 def test_int8_kv_manifest_and_runtime(kv8_pair):
@@ -77,7 +67,7 @@ def test_int8_kv_graph_equals_fp32_cache_graph(kv8_pair):
     sc = _scales(q8)
     s = {n: sc[f"/kv_cache/{n}/scale"] for n in ("new_key.0", "new_value.0", "new_key.1", "new_value.1")}
     assert all(v.shape == (1, spec.input("past_key.0").dims[1], 1, spec.input("past_key.0").dims[3]) for v in s.values())
-    f = _feeds(spec)
+    f = random_feeds(spec, past=12)
     rng = np.random.default_rng(1)
     f8, f32 = dict(f), dict(f)
     for name in f:

@@ -12,6 +12,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from graph_feeds import random_feeds  # noqa: E402
 from janus_edge.quant.api import QuantOptions, quantize_bundle  # noqa: E402
 
 SMALL_CALIB = {"calib": {"n_prompts": 3, "image_steps": 8, "n_chats": 1, "chat_tokens": 4, "text_file": None}}
@@ -26,17 +27,6 @@ def _q(src, out, **kw):
 def int4_bundle(tiny_bundle, tmp_path_factory):
     """int4 (awq-clip on a small calibration run) with an fp16 KV cache."""
     return _q(tiny_bundle, tmp_path_factory.mktemp("q") / "int4", mode="int4", kv_dtype="float16", extra=SMALL_CALIB)
-
-
-def _feeds(spec, past=16, seed=0):
-    rng = np.random.default_rng(seed)
-    sizes = {"rows": 2, "seq": 3, "past": past}
-    out = {}
-    for t in spec.inputs:
-        shape = tuple(sizes[d] if isinstance(d, str) else d for d in t.dims)
-        out[t.name] = (np.tile(np.arange(past, past + shape[1]), (shape[0], 1)) if t.name == "position_ids"
-                       else rng.standard_normal(shape)).astype(t.dtype)
-    return out
 
 
 def _manifest(b):
@@ -147,7 +137,7 @@ def test_fp16_kv_cache(int4_bundle, tiny_bundle, tmp_path):
     q32 = _q(tiny_bundle, tmp_path / "int4_kv32", mode="int4", method="clip", report=False)
     q16 = _q(tiny_bundle, tmp_path / "int4_kv16", mode="int4", method="clip", report=False, kv_dtype="float16")
     spec32 = C.load_manifest(q32).graphs["lm"].spec("lm")
-    f = _feeds(spec32)
+    f = random_feeds(spec32)
     f16 = {k: (v.astype(np.float16) if k.startswith("past_") else v) for k, v in f.items()}
     f32 = {k: v.astype(np.float32) if k.startswith("past_") else v for k, v in f16.items()}
     names = [o.name for o in spec32.outputs]
