@@ -1,0 +1,129 @@
+"""The CPU int4 decode GEMM (libjanus_edge_cpu, issue 26): every path this CPU has against the numpy twin, bit for
+bit, and against ONNX Runtime's MatMulNBits (accuracy level 4) on the same weights, within float summation order.
+
+Needs the native build (`cmake -S . -B build && cmake --build build`); skips without it, except under
+JANUS_EDGE_REQUIRE_NATIVE=1 (CI builds it), where a missing library fails. Speed lives in
+`python -m janus_edge.benchmarks.ort_kernels --forms native_q4_b128 int4_b128_acc4`, never here.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from janus_edge.errors import BackendUnavailable, InputError
+from janus_edge.runtime import cpu_kernels, native
+from janus_edge.runtime.cpu_kernels import gemm_q4_twin
+
+REQUIRED = os.environ.get("JANUS_EDGE_REQUIRE_NATIVE") == "1"
+# (rows, K, N, block): 1-13 rows (row chunks of 8 for AVX-512, 4 for AVX2), a last tile of 1-15 columns, blocks 32-128
+SHAPES = [(1, 256, 16, 128), (2, 384, 40, 128), (3, 256, 48, 32), (8, 512, 64, 64), (9, 256, 33, 128),
+          (13, 128, 17, 32), (2, 2048, 96, 128)]
+
+
+@pytest.fixture(scope="module")
+def kern():
+    try:
+        return cpu_kernels.load_cpu_lib()
+    except BackendUnavailable as e:
+        if REQUIRED:
+            pytest.fail(f"JANUS_EDGE_REQUIRE_NATIVE=1 but {e}")
+        pytest.skip(f"CPU kernel library not built: {e}")
+
+
+def _case(rows, K, N, B, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-8, 8, (K, N)).astype(np.int8)
+    s = (rng.random((K // B, N)) * 0.01 + 1e-3).astype(np.float32)
+    a = rng.standard_normal((rows, K)).astype(np.float32)
+    a[0, :B] *= 1e3            # one loud block next to quiet ones (per-block activation scales)
+    if rows > 2:
+        a[1] = 0.0             # an all-zero row (amax 0)
+    return a, w, s
+
+
+def _dequant_matmul(a, w, s):
+    K, N = w.shape
+    B = K // s.shape[0]
+    return a.astype(np.float64) @ (w.astype(np.float64).reshape(K // B, B, N) * s[:, None, :]).reshape(K, N)
+
+
+def test_library_is_built_when_required(kern):
+    assert native.find_library(cpu_kernels.CPU_LIB)
+    assert kern.best_isa in kern.isas
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_every_path_equals_the_twin(kern, shape):
+    a, w, s = _case(*shape)
+    want = gemm_q4_twin(a, w, s)
+    packed = kern.pack_q4(w, s)
+    for isa in kern.isas:
+        got = kern.gemm_q4(a, packed, threads=2, isa=isa)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert np.array_equal(got, want), f"{isa}: max |diff| {np.abs(got - want).max()}"
+
+
+def test_threads_do_not_change_the_bits(kern):
+    a, w, s = _case(2, 512, 16 * 7 + 5, 64)
+    packed = kern.pack_q4(w, s)
+    one = kern.gemm_q4(a, packed, threads=1)
+    for t in (2, 3, 0):
+        assert np.array_equal(kern.gemm_q4(a, packed, threads=t), one)
+
+
+def test_twin_is_the_dequantized_product_up_to_activation_rounding(kern):
+    a, w, s = _case(4, 1024, 64, 128, seed=3)
+    exact = _dequant_matmul(a, w, s)
+    got = kern.gemm_q4(a, kern.pack_q4(w, s))
+    err = np.abs(got - exact).max() / np.abs(exact).max()
+    assert 1e-5 < err < 0.02, err      # int8 activations: ~0.5-1% of the output scale, never exact
+
+
+def _ort_matmulnbits(a, w, s):
+    """The same weights as ONNX Runtime's MatMulNBits (4 bits, zero point 8, accuracy level 4)."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    K, N = w.shape
+    B = K // s.shape[0]
+    codes = (w.astype(np.int16) + 8).astype(np.uint8).T.reshape(N, K // B, B)
+    blob = (codes[:, :, 0::2] | (codes[:, :, 1::2] << 4)).astype(np.uint8)
+    node = helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], domain="com.microsoft", K=K, N=N, bits=4,
+                            block_size=B, accuracy_level=4)
+    graph = helper.make_graph([node], "q4", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", N])],
+                              initializer=[numpy_helper.from_array(blob, "w"),
+                                           numpy_helper.from_array(np.ascontiguousarray(s.T).ravel(), "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": a})[0]
+
+
+@pytest.mark.parametrize("shape", [(2, 2048, 256, 128), (8, 512, 64, 32), (1, 384, 48, 128)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_matches_onnxruntime_matmulnbits(kern, shape):
+    """ORT's kernel quantizes the activations the same way: the two differ by float summation order only (~3e-7 of
+    the output scale measured), 10^4 x less than either differs from the unquantized product."""
+    a, w, s = _case(*shape, seed=1)
+    ours = kern.gemm_q4(a, kern.pack_q4(w, s))
+    theirs = _ort_matmulnbits(a, w, s)
+    scale = np.abs(_dequant_matmul(a, w, s)).max()
+    assert np.abs(ours - theirs).max() <= 1e-5 * scale
+
+
+def test_bad_input_is_refused(kern):
+    a, w, s = _case(2, 256, 16, 128)
+    with pytest.raises(InputError, match=r"\[-8, 7\]"):
+        kern.pack_q4(np.full_like(w, 9), s)
+    with pytest.raises(InputError, match="multiple"):
+        kern.pack_q4(np.zeros((260, 16), np.int8), np.ones((13, 16), np.float32))   # blocks of 20
+    for scales in (s[:, :8], np.ones((3, 16), np.float32)):                          # 256 rows in 3 blocks
+        with pytest.raises(InputError, match="scales"):
+            kern.pack_q4(w, scales)
+    packed = kern.pack_q4(w, s)
+    with pytest.raises(InputError, match=r"\[M, 256\]"):
+        kern.gemm_q4(a[:, :128], packed)
+    with pytest.raises(ValueError):
+        kern.gemm_q4(a, packed, isa="neon")
