@@ -13,8 +13,10 @@ Forms (`FORMS`): fp32 MatMul; int4 MatMulNBits at block 32/64/128 and accuracy l
 compute); the bundle's int4 QDQ form (DequantizeLinear INT4 block -> MatMul, fused at load); 8-bit MatMulNBits
 (the int8 bundles' W8A16 form); the int8 bundles' static W8A8 QDQ form (fused into MatMulIntegerToFloat) with and
 without `session.x64quantprecision`; DynamicQuantizeMatMul (per-tensor dynamic int8 activation); and the runtime's
-thread settings (spinning on, 1 thread) for the fastest int4 / int8 forms. Benchmark only: nothing here is timed
-in a test.
+thread settings (spinning on, 1 thread) for the fastest int4 / int8 forms. Beside ORT's: `native_q4_*`, the int4
+GEMM of libjanus_edge_cpu (runtime/cpu_kernels.py: the same weights and activation quantization as MatMulNBits at
+accuracy level 4, AVX-512 VNNI / AVX2 paths) called through ctypes, one call per weight node. Benchmark only:
+nothing here is timed in a test.
 """
 from __future__ import annotations
 
@@ -54,6 +56,9 @@ FORMS = {
     "int8_w8a8_qdq_spin": _form("w8a8", spin=True),
     "int4_b128_acc4_1thread": _form("nbits", bits=4, block=128, acc=4, threads=1),
     "int8_w8a8_qdq_1thread": _form("w8a8", threads=1),
+    "native_q4_b128": _form("native", block=128),
+    "native_q4_b128_avx2": _form("native", block=128, isa="avx2"),
+    "native_q4_b128_1thread": _form("native", block=128, threads=1),
 }
 
 
@@ -145,8 +150,35 @@ def _session(form, K, N, L, threads, profile_dir=None):
     return sess, nbytes, cfg
 
 
+def _native(form, K, N, L, seed=0):
+    """L packed int4 weights for libjanus_edge_cpu (one random matrix, L copies in memory) -> (kernels, packed list)."""
+    from janus_edge.runtime.cpu_kernels import PackedQ4, load_cpu_lib
+
+    kern = load_cpu_lib()
+    rng = np.random.default_rng(seed)
+    B = form["block"]
+    p = kern.pack_q4(rng.integers(-8, 8, (K, N)).astype(np.int8),
+                     (rng.random((K // B, N), dtype=np.float32) * 0.01 + 0.001).astype(np.float32))
+    return kern, [PackedQ4(p.data.copy(), p.scales.copy(), K, N, B) for _ in range(L)]
+
+
+def _native_runner(form, K, N, mb, threads):
+    kern, one = _native(form, K, N, 1)
+    L = max(1, -(-mb * 2**20 // one[0].nbytes))
+    kern, packed = _native(form, K, N, L)
+    t, isa = form.get("threads", threads), form.get("isa", kern.best_isa)
+
+    def call(x, y):
+        for p in packed:
+            kern.gemm_q4(x, p, t, isa, y)
+    return call, sum(p.nbytes for p in packed), L, {"isa": isa, "openmp": kern.openmp}
+
+
 def kernels_run(form, K, N, threads) -> list[str]:
     """The op types ORT ran for this form (a one-node session, profiled)."""
+    if form["kind"] == "native":
+        from janus_edge.runtime.cpu_kernels import load_cpu_lib
+        return [f"libjanus_edge_cpu q4 ({form.get('isa', load_cpu_lib().best_isa)})"]
     with tempfile.TemporaryDirectory() as d:
         sess, _, _ = _session(form, K, N, 1, threads, profile_dir=d)
         sess.run(None, {"x": np.ones((2, K), np.float32)})
@@ -156,19 +188,26 @@ def kernels_run(form, K, N, threads) -> list[str]:
 
 
 def time_form(name, form, K, N, rows, threads, mb, runs, iters) -> list[dict]:
-    per = weight_bytes(_nodes(form, K, N, 1)[1])
-    L = max(1, -(-mb * 2**20 // per))
-    sess, nbytes, cfg = _session(form, K, N, L, threads)
+    if form["kind"] == "native":
+        call, nbytes, L, cfg = _native_runner(form, K, N, mb, threads)
+    else:
+        per = weight_bytes(_nodes(form, K, N, 1)[1])
+        L = max(1, -(-mb * 2**20 // per))
+        sess, nbytes, cfg = _session(form, K, N, L, threads)
+
+        def call(x, y):
+            sess.run(None, {"x": x})
     out = []
     for r in rows:
         x = np.random.default_rng(1).standard_normal((r, K), dtype=np.float32)
+        y = np.empty((r, N), np.float32)
         for _ in range(2):
-            sess.run(None, {"x": x})
+            call(x, y)
         rates = []
         for _ in range(runs):
             t = time.perf_counter()
             for _ in range(iters):
-                sess.run(None, {"x": x})
+                call(x, y)
             rates.append(nbytes * iters / (time.perf_counter() - t) / 1e9)
         best = max(rates)
         out.append({"form": name, "shape": [K, N], "rows": r, "nodes": L, "weight_bytes": nbytes,
@@ -176,7 +215,6 @@ def time_form(name, form, K, N, rows, threads, mb, runs, iters) -> list[dict]:
                     "ms_per_weight": round(nbytes / best / 1e6 / L, 4),
                     "gmacs": round(r * K * N * L / (nbytes / best / 1e9) / 1e9, 1),
                     "threads": form.get("threads", threads), "session_config": cfg})
-    del sess
     return out
 
 
@@ -213,7 +251,7 @@ def run(forms, rows=(1, 2, 8), threads=2, mb=384, runs=5, iters=3, shapes=None, 
 
 def markdown(r: dict) -> str:
     rows = sorted({x["rows"] for x in r["results"]})
-    lines = [f"# ONNX Runtime {r['onnxruntime']} kernels on the decode shapes ({r['time_utc']} UTC)", "",
+    lines = [f"# ONNX Runtime {r['onnxruntime']} kernels (and libjanus_edge_cpu's) on the decode shapes ({r['time_utc']} UTC)", "",
              f"CPU: {r['cpu']} ({', '.join(r['cpu_flags'])}); {r['threads']} threads; bandwidth probe {r['probe_gbps']} "
              f"GB/s (ratios use the first, taken before any form: {r['probe_gbps'][0]}); load average {r['loadavg_start']} -> {r['loadavg_end']}; "
              f">= {r['mb_per_form']} MiB of weights per form, best of {r['runs']} x {r['iters']} calls. GB/s = the "

@@ -60,7 +60,8 @@ def bundle_info(pipe) -> dict:
 
 # the weight / attention kernels `kernels` reports (ORT op types after its fusions)
 KERNEL_OPS = ("MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul", "MatMulInteger",
-              "MatMul", "FusedMatMul", "Gemm", "GroupQueryAttention", "MultiHeadAttention", "Attention")
+              "MatMul", "FusedMatMul", "Gemm", "GroupQueryAttention", "MultiHeadAttention", "Attention",
+              "JanusEdgeQ4Gemm")  # the last: libjanus_edge_cpu's int4 GEMM (runtime/cpu_split.py)
 
 
 def kernels(pipe, graphs) -> dict:

@@ -89,6 +89,9 @@ class OrtBackend(Backend):
     no_arena = ("vision", "vq_encoder", "vq_decoder")
     # Graphs whose idle intra-op threads spin (ORT's default) instead of sleeping between kernels: see `options`.
     spin_graphs: tuple[str, ...] = ()
+    # Graphs whose INT4 weight MatMuls run in libjanus_edge_cpu when it is built (runtime/cpu_split.py; off with
+    # JANUS_EDGE_CPU_KERNELS=0): the decode step's weights. The heads' weights are not INT4.
+    native_graphs = ("lm",)
     # True before graphs are opened: they record ORT's profile until `OrtGraph.kernels()` is called (bench: which
     # kernels ran); the profile files go to a temp dir and are removed when read.
     kernel_census = False
@@ -120,10 +123,28 @@ class OrtBackend(Backend):
 
     def open(self, path: str, spec: GraphSpec, session_config: dict | None = None,
              precision: str | None = None) -> Graph:
-        """precision: the manifest's `GraphEntry.precision` (float16 graphs get `low_memory_fp16`)."""
+        """precision: the manifest's `GraphEntry.precision` (float16 graphs get `low_memory_fp16`). The lm graph of
+        an int4 bundle runs its weight MatMuls in libjanus_edge_cpu when it is built (runtime/cpu_split.py)."""
+        if spec.name in self.native_graphs and precision != "float16":
+            split = self._open_split(path, spec, session_config, precision)
+            if split is not None:
+                return split
         so = self.graph_options(spec, session_config, precision)
         sess = self.ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         return OrtGraph(sess, spec)
+
+    def _open_split(self, path, spec, session_config, precision):
+        from . import cpu_split
+
+        if not cpu_split.enabled():
+            return None
+        try:
+            from .cpu_kernels import load_cpu_lib
+            kern = load_cpu_lib()
+        except BackendUnavailable:
+            return None  # not built: ORT's own kernels (the same math, slower)
+        return cpu_split.open_split(self, path, spec, lambda: self.graph_options(spec, session_config, precision),
+                                    kern)
 
     def graph_options(self, spec: GraphSpec, session_config: dict | None = None, precision: str | None = None):
         """The session options `open` gives this graph (also read by quant's calibration backend)."""

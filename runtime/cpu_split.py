@@ -1,0 +1,242 @@
+"""An int4 graph on the CPU with libjanus_edge_cpu's GEMM for its weight MatMuls and ONNX Runtime for the rest.
+
+Why: ORT's `MatMulNBits` (what the bundles' INT4 `DequantizeLinear(axis 0, block) -> MatMul` form becomes at load)
+unpacks and multiplies at ~7 GB/s a core on the decode shapes, so a 2-row int4 step runs at ~2x its bandwidth floor
+and an 8-row one at ~3.5x (docs/cpu-kernels.md). The native GEMM (runtime/cpu_kernels.py: the same int8 activation
+quantization, AVX-512 VNNI / AVX2) streams the same weights at up to the memory's rate. ORT can only call it as a
+custom op, which needs ONNX Runtime's C headers at build time: no package this project may install ships them
+(the PyPI wheel has none, Debian 12 has no onnxruntime), so the graph is cut instead.
+
+`plan(model)` finds the weight MatMuls (INT4 initializer -> DequantizeLinear(axis 0, block_size B, no zero point)
+-> MatMul input 1) and cuts the rest of the graph into segments in waves: a segment holds every remaining node
+whose inputs are ready, then every weight MatMul whose activation is ready runs natively, and so on (Pro-1B: 4
+waves a layer: q/k/v, o, gate/up, down). Each segment is its own ORT session (the backend's options, the manifest's
+session config); the values crossing a cut are numpy arrays handed from one to the next. The file's Q/DQ form is
+unchanged (TensorRT reads the same bundle): this is the CPU runtime's choice, made at load (`OrtBackend.open`),
+off with JANUS_EDGE_CPU_KERNELS=0.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from janus_edge.contract import GraphSpec
+
+from .backend import Graph
+from .cpu_kernels import CpuKernels, PackedQ4
+
+KERNEL = "JanusEdgeQ4Gemm"     # the native GEMM's name in `kernels()` (bench: "kernels ran")
+ENV = "JANUS_EDGE_CPU_KERNELS"  # 0: plain ORT for every graph; 1 / unset: the native GEMM where it applies
+INT4 = 22                       # onnx.TensorProto.INT4
+
+
+@dataclass
+class WeightMatMul:
+    x: str            # the activation (graph value) [..., K]
+    y: str            # the output [..., N]
+    weight: str       # the INT4 initializer
+    scale: str        # its scale initializer [K/B, N]
+    nodes: tuple      # indices (graph.node) of the MatMul and, when only it reads it, its DequantizeLinear
+
+
+@dataclass
+class Segment:
+    nodes: list = field(default_factory=list)     # onnx NodeProtos, in graph order
+    inputs: list = field(default_factory=list)    # names fed from outside the segment
+    outputs: list = field(default_factory=list)   # names used after it
+
+
+@dataclass
+class Plan:
+    steps: list          # Segment or list[WeightMatMul] (one wave), in run order
+    matmuls: list        # every WeightMatMul
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1") != "0"
+
+
+def find_weight_matmuls(model) -> list[WeightMatMul]:
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: (k, n) for k, n in enumerate(g.node) for o in n.output}
+    users: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            users[i] = users.get(i, 0) + 1
+    found = []
+    for k, n in enumerate(g.node):
+        if n.op_type != "MatMul" or n.domain not in ("", "ai.onnx"):
+            continue
+        kd, dq = producer.get(n.input[1], (None, None))
+        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) > 2 and dq.input[2]:
+            continue
+        w, s = inits.get(dq.input[0]), inits.get(dq.input[1])
+        attrs = {a.name: a.i for a in dq.attribute}
+        if w is None or s is None or w.data_type != INT4 or len(w.dims) != 2 or attrs.get("axis", 1) != 0 \
+                or not attrs.get("block_size") or s.data_type != 1:
+            continue
+        B = attrs["block_size"]
+        K, N = w.dims
+        if B % 8 or K % B:
+            continue
+        nodes = (k, kd) if users.get(dq.output[0]) == 1 else (k,)
+        found.append(WeightMatMul(n.input[0], n.output[0], dq.input[0], dq.input[1], nodes))
+    return found
+
+
+def plan(model, matmuls: list[WeightMatMul]) -> Plan:
+    """Cut the graph around `matmuls` (see the module docstring)."""
+    g = model.graph
+    skip = {k for m in matmuls for k in m.nodes}
+    # Constant nodes are copied into every segment that reads them (not computed once and handed along)
+    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
+    rest = [n for k, n in enumerate(g.node) if k not in skip and n.op_type != "Constant"]
+    ready = {i.name for i in g.input} | {t.name for t in g.initializer} | {""} | set(consts)
+    pending, steps = list(matmuls), []
+    while rest or pending:
+        seg, left = Segment(), []
+        for n in rest:
+            if all(i in ready for i in n.input):
+                seg.nodes.append(n)
+                ready.update(n.output)
+            else:
+                left.append(n)
+        rest = left
+        if seg.nodes:
+            steps.append(seg)
+        wave = [m for m in pending if m.x in ready]
+        if not wave and not seg.nodes:
+            raise ValueError(f"cannot order the graph around its int4 MatMuls ({len(rest)} nodes left)")
+        if wave:
+            pending = [m for m in pending if m.x not in ready]
+            ready.update(m.y for m in wave)
+            steps.append(wave)
+    _wire(g, steps, consts)
+    return Plan(steps, matmuls)
+
+
+def _wire(g, steps, consts) -> None:
+    """Each segment's Constant nodes, inputs (values made outside it, not initializers) and outputs (values read
+    later)."""
+    inits = {t.name for t in g.initializer}
+    later: set[str] = {o.name for o in g.output}
+    for st in reversed(steps):
+        if isinstance(st, Segment):
+            need = dict.fromkeys(i for n in st.nodes for i in n.input if i in consts)
+            st.nodes[:0] = [consts[c] for c in need]
+            made = {o for n in st.nodes for o in n.output}
+            st.outputs = sorted(made & later)
+            used = [i for n in st.nodes for i in n.input if i and i not in made and i not in inits]
+            st.inputs = list(dict.fromkeys(used))
+            later |= set(st.inputs)
+        else:
+            later |= {m.x for m in st}
+
+
+def segment_model(model, seg: Segment, types: dict[str, int]) -> bytes:
+    from onnx import helper
+
+    g = model.graph
+    names = {i for n in seg.nodes for i in n.input}
+    inits = [t for t in g.initializer if t.name in names]
+    vi = lambda n: helper.make_tensor_value_info(n, types[n], None)  # noqa: E731 - shapes stay dynamic
+    graph = helper.make_graph(seg.nodes, "segment", [vi(n) for n in seg.inputs], [vi(n) for n in seg.outputs],
+                              initializer=inits)
+    m = helper.make_model(graph, opset_imports=model.opset_import)
+    m.ir_version = model.ir_version
+    return m.SerializeToString()
+
+
+def value_types(path: str) -> dict[str, int]:
+    """Element type of every value of the graph (shape inference on the file without its weights)."""
+    import onnx
+
+    m = onnx.shape_inference.infer_shapes(onnx.load(path, load_external_data=False))
+    g = m.graph
+    out = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input) + list(g.output)}
+    out.update({t.name: t.data_type for t in g.initializer})
+    return out
+
+
+class SplitGraph(Graph):
+    """A graph run as ORT segments and native int4 GEMMs (see the module docstring); the Graph interface of
+    runtime/backend.py, so the decode loop and the scheduler use it as they use an OrtGraph."""
+
+    def __init__(self, plan_: Plan, sessions: dict[int, object], packed: dict[str, PackedQ4], kern: CpuKernels,
+                 spec: GraphSpec, threads: int | None):
+        self.plan, self.sessions, self.packed, self.kern = plan_, sessions, packed, kern
+        self.spec, self.threads = spec, threads or 0
+        self._outputs = [o.name for o in spec.outputs]
+        self.calls = 0
+        self._census: dict[str, int] | None = None
+
+    def kernels(self) -> dict[str, int]:
+        """OrtGraph.kernels() of every segment (ORT's profiler, when the backend's kernel_census was on) plus the
+        native GEMM's calls so far (frozen at the first call, as ORT's census is)."""
+        if self._census is None:
+            from .ort_backend import OrtGraph
+
+            self._census = {KERNEL: len(self.plan.matmuls) * self.calls}
+            for sess in self.sessions.values():
+                for op, n in OrtGraph(sess, self.spec).kernels().items():
+                    self._census[op] = self._census.get(op, 0) + n
+        return dict(self._census)
+
+    def _chain(self, env: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for i, st in enumerate(self.plan.steps):
+            if isinstance(st, Segment):
+                outs = self.sessions[i].run(st.outputs, {n: env[n] for n in st.inputs})
+                env.update(zip(st.outputs, outs))
+                continue
+            for m in st:
+                x = env[m.x]
+                p = self.packed[m.weight]
+                y = self.kern.gemm_q4(x.reshape(-1, p.K), p, self.threads)
+                env[m.y] = y.reshape(*x.shape[:-1], p.N)
+        return env
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        env = self._chain(dict(feeds))
+        return {n: env[n] for n in self._outputs}
+
+    def bind(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> Callable[[], None]:
+        names = [t.name for t in self.spec.inputs]
+
+        def run() -> None:
+            self.calls += 1
+            env = self._chain({n: inputs[n] for n in names})
+            for n, buf in outputs.items():
+                np.copyto(buf, env[n], casting="same_kind")
+
+        run.keepalive = (inputs, outputs)
+        return run
+
+
+def open_split(backend, path: str, spec: GraphSpec, so_factory: Callable[[], object], kern: CpuKernels):
+    """-> SplitGraph, or None when the graph has no int4 weight MatMul this kernel takes."""
+    import onnx
+    from onnx import numpy_helper
+
+    head = onnx.load(path, load_external_data=False)
+    if not find_weight_matmuls(head):
+        return None
+    model = onnx.load(path)  # with its weights
+    matmuls = find_weight_matmuls(model)
+    p = plan(model, matmuls)
+    inits = {t.name: t for t in model.graph.initializer}
+    packed = {}
+    for m in matmuls:
+        if m.weight not in packed:
+            w = numpy_helper.to_array(inits[m.weight]).astype(np.int8)
+            packed[m.weight] = kern.pack_q4(w, numpy_helper.to_array(inits[m.scale]))
+    types = value_types(path)
+    ort = backend.ort
+    sessions = {i: ort.InferenceSession(segment_model(model, st, types), so_factory(),
+                                        providers=["CPUExecutionProvider"])
+                for i, st in enumerate(p.steps) if isinstance(st, Segment)}
+    return SplitGraph(p, sessions, packed, kern, spec, backend.threads)
