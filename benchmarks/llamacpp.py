@@ -4,6 +4,8 @@
     python -m janus_edge.benchmarks.gguf_convert CKPT DIR/image.gguf --head image --quantize Q8_0,Q4_0
     python -m janus_edge.benchmarks.llamacpp --bundle fp32=FP32 --bundle int8=INT8 --bundle int4=INT4 \
         --gguf-dir DIR --steps 32 --threads 2 --json benchmarks/results/pro1b_vs_llamacpp_cpu2.json
+    # the one-run table of docs/cpu-kernels.md: + int4 with ORT's kernels, 4 images, transformers
+    ... --bundle int4-ort=INT4 --phases t2i,chat,t2i8 --checkpoint CKPT
 
 One process, in this order: the bandwidth probe (`bandwidth.py`) -> per precision (fp32/F32, int8/Q8_0,
 int4/Q4_0): our t2i step and our chat step (the `bench` code: `ours.measure_t2i` / `ours.measure_chat` on a
@@ -44,7 +46,11 @@ from .common import PeakRSS, environment, ms, process_peak_rss_mb, step_stats
 
 PAIRS = (("fp32", "F32"), ("int8", "Q8_0"), ("int4", "Q4_0"))
 # llama.cpp phases: name -> (GGUF head, sequences, whose prompt length)
-PHASES = {"t2i": ("image", 2, "t2i"), "chat": ("text", 1, "chat"), "t2i_text_head": ("text", 2, "t2i")}
+PHASES = {"t2i": ("image", 2, "t2i"), "chat": ("text", 1, "chat"), "t2i_text_head": ("text", 2, "t2i"),
+          "t2i8": ("image", 8, "t2i")}  # t2i8: 4 images = 8 rows (our side: t2i with n=4)
+# `--bundle int4-ort=DIR`: an int4 bundle with ORT's own kernels for every weight (JANUS_EDGE_CPU_KERNELS=0), beside
+# `int4=DIR` run with libjanus_edge_cpu's GEMM (the default where it is built); llama.cpp runs once per precision.
+VARIANTS = {"ort": {"JANUS_EDGE_CPU_KERNELS": "0"}}
 GGML_TYPE_SIZES = {1: 2, 0: 4}  # KV cache type -> bytes per value (F16, F32)
 
 
@@ -219,11 +225,41 @@ class SideConfig:
     threads: int = 2
     warmup_steps: int = 2
     bandwidth_mb: int | None = None
-    phases: list = field(default_factory=lambda: list(PHASES))
+    phases: list = field(default_factory=lambda: ["t2i", "chat", "t2i_text_head"])
+    checkpoint: str | None = None  # transformers' rows (fp32 t2i and chat) on this checkpoint, after ours
 
 
-def _ours(cfg: SideConfig, bundle: str, task: str, bw: float) -> dict:
-    """Our step, timed by the `bench` code (ours.measure_t2i / measure_chat, defaults of BenchConfig)."""
+def _base(label: str) -> str:
+    return label.split("-")[0]
+
+
+class _env:
+    """Environment variables set for a block (a bundle variant's runtime switches)."""
+
+    def __init__(self, values: dict):
+        self.values, self.saved = values, {}
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.values}
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _ours(cfg: SideConfig, label: str, task: str, bw: float) -> dict:
+    """Our step, timed by the `bench` code (ours.measure_t2i / measure_chat, defaults of BenchConfig); t2i8 = t2i
+    with 4 images."""
+    variant = label.partition("-")[2]
+    with _env(VARIANTS.get(variant, {})):
+        return _ours_in(cfg, cfg.bundles[label], task, bw)
+
+
+def _ours_in(cfg: SideConfig, bundle: str, task: str, bw: float) -> dict:
     from janus_edge.runtime.pipeline import Pipeline
 
     from . import ours
@@ -231,11 +267,13 @@ def _ours(cfg: SideConfig, bundle: str, task: str, bw: float) -> dict:
 
     d = BenchConfig(bundles=[bundle])
     pipe = Pipeline.from_bundle(bundle, backend="ort", threads=cfg.threads)
+    pipe.bundle.backend.kernel_census = True
     try:
-        if task == "t2i":
+        if task in ("t2i", "t2i8"):
             res, _ = ours.measure_t2i(pipe, prompt=ours.DEFAULT_PROMPT, steps=cfg.steps, runs=cfg.runs,
-                                      warmup_steps=cfg.warmup_steps, n=1, cfg_weight=d.cfg_weight,
-                                      temperature=d.temperature, seed=d.seed, bandwidth_gbps=bw)
+                                      warmup_steps=cfg.warmup_steps, n=4 if task == "t2i8" else 1,
+                                      cfg_weight=d.cfg_weight, temperature=d.temperature, seed=d.seed,
+                                      bandwidth_gbps=bw)
         else:
             res = ours.measure_chat(pipe, question=ours.DEFAULT_QUESTION, steps=cfg.steps, runs=cfg.runs,
                                     warmup_steps=cfg.warmup_steps, default_tokens=d.chat_tokens, bandwidth_gbps=bw)
@@ -255,8 +293,8 @@ def _validate(cfg: SideConfig) -> None:
     if not cfg.bundles:
         raise InputError("no --bundle given")
     for prec, b in cfg.bundles.items():
-        if prec not in dict(PAIRS):
-            raise InputError(f"unknown precision {prec!r}; use fp32=, int8=, int4=")
+        if _base(prec) not in dict(PAIRS) or prec.partition("-")[2] not in ("", *VARIANTS):
+            raise InputError(f"unknown precision {prec!r}; use fp32=, int8=, int4=, int4-ort=")
         try:
             C.load_manifest(b)
         except C.ContractError as e:
@@ -268,7 +306,7 @@ def _validate(cfg: SideConfig) -> None:
         for prec, q in PAIRS:
             for ph in cfg.phases:
                 p = gguf_path(cfg.gguf_dir, PHASES[ph][0], q)
-                if prec in cfg.bundles and not os.path.isfile(p):
+                if any(_base(b) == prec for b in cfg.bundles) and not os.path.isfile(p):
                     raise InputError(f"missing {p} (make it with python -m janus_edge.benchmarks.gguf_convert)")
     if not os.path.isdir(os.path.dirname(os.path.abspath(cfg.json_out))):
         raise InputError(f"directory of --json does not exist: {cfg.json_out}")
@@ -295,14 +333,16 @@ def run(cfg: SideConfig) -> dict:
     _log(f"bandwidth {bw['bandwidth_gbps']:.1f} GB/s")
     rows: list[dict] = []
     for prec, qtype in PAIRS:
-        if prec not in cfg.bundles:
+        labels = [b for b in cfg.bundles if _base(b) == prec]
+        if not labels:
             continue
         lens = {}
-        for task in ("t2i", "chat"):
-            r = _ours(cfg, cfg.bundles[prec], task, bw["bandwidth_gbps"])
-            lens[task] = r["prompt_len"]
-            rows.append({"side": "janus-edge", "precision": prec, "phase": task, **r})
-            _log(f"janus-edge {prec} {task}: p50 {r['decode_step_ms_p50']} ms")
+        for label in labels:
+            for task in ["t2i", "chat"] + (["t2i8"] if "t2i8" in cfg.phases else []):
+                r = _ours(cfg, label, task, bw["bandwidth_gbps"])
+                lens[task] = r["prompt_len"]
+                rows.append({"side": "janus-edge", "precision": label, "phase": task, **r})
+                _log(f"janus-edge {label} {task}: p50 {r['decode_step_ms_p50']} ms")
         for ph in cfg.phases:
             head, n_seq, plen = PHASES[ph]
             row = {"side": "llama.cpp", "precision": qtype, "phase": ph, "head": head, "n_seq": n_seq}
@@ -315,6 +355,8 @@ def run(cfg: SideConfig) -> dict:
                              bw["bandwidth_gbps"], r["decode_step_ms_p50"]))
             rows.append({**row, **r})
             _log(f"llama.cpp {qtype} {ph}: p50 {r['decode_step_ms_p50']} ms")
+    if cfg.checkpoint:
+        rows += _transformers(cfg, bw["bandwidth_gbps"])
     with PeakRSS() as probe:
         again = measure_bandwidth(mb, cfg.threads)
     bw = merge_bandwidth(bw, again, probe.others_cores)
@@ -328,11 +370,41 @@ def run(cfg: SideConfig) -> dict:
             "wall_s": round(time.perf_counter() - t0, 1)}
 
 
-def compare(rows: list[dict]) -> list[dict]:
-    """Per precision: ours vs llama.cpp, t2i (2 rows) and chat (1 row); ratio > 1: janus-edge is faster."""
+def _transformers(cfg: SideConfig, bw: float) -> list[dict]:
+    """transformers' fp32 step (the `bench --baseline hf` code) on the prompts our t2i and chat rows used."""
+    from janus_edge.runtime import prompts
+    from janus_edge.runtime.pipeline import Pipeline
+
+    from . import ours
+    from .runner import BenchConfig, _measure_baseline
+
+    first = next(iter(cfg.bundles.values()))
+    pipe = Pipeline.from_bundle(first, backend="ort", threads=cfg.threads)
+    image = ours.synthetic_image(pipe.bundle.manifest.image_preprocess.get("size", pipe.dims.image_size))
+    share = {"dims": pipe.dims, "ids": pipe.prompt_ids(ours.DEFAULT_PROMPT)}
+    chat_share = {"dims": pipe.dims, "ids": prompts.chat_ids(pipe.bundle, ours.DEFAULT_QUESTION, 1),
+                  "pixels": pipe._pixels([image])}
+    del pipe
+    gc.collect()
     out = []
-    for prec, qtype in PAIRS:
-        for ours_phase, theirs_phase in (("t2i", "t2i"), ("t2i", "t2i_text_head"), ("chat", "chat")):
+    for task, sh in (("t2i", share), ("chat", chat_share)):
+        b = BenchConfig(bundles=[first], task=task, steps=cfg.steps, runs=cfg.runs, threads=cfg.threads,
+                        baseline="hf", checkpoint=cfg.checkpoint, warmup_steps=cfg.warmup_steps)
+        r = _measure_baseline(b, sh, bw)
+        out.append({"side": "transformers", "precision": "fp32", "phase": task, **r})
+        _log(f"transformers fp32 {task}: p50 {r.get('decode_step_ms_p50')} ms")
+    return out
+
+
+def compare(rows: list[dict]) -> list[dict]:
+    """Per bundle: ours vs llama.cpp, t2i (2 rows), t2i8 (8 rows) and chat (1 row); ratio > 1: janus-edge is
+    faster."""
+    out = []
+    labels = list(dict.fromkeys(r["precision"] for r in rows if r["side"] == "janus-edge"))
+    for prec in labels:
+        qtype = dict(PAIRS)[_base(prec)]
+        for ours_phase, theirs_phase in (("t2i", "t2i"), ("t2i", "t2i_text_head"), ("t2i8", "t2i8"),
+                                         ("chat", "chat")):
             a = next((r for r in rows if r["side"] == "janus-edge" and r["precision"] == prec
                       and r["phase"] == ours_phase), None)
             b = next((r for r in rows if r["side"] == "llama.cpp" and r["precision"] == qtype
@@ -360,10 +432,16 @@ def table(result: dict) -> str:
     for c in result["comparison"]:
         prec, qtype = c["precision"].split(" vs ")
         a, b = _row(rows, "janus-edge", prec, c["ours"]), _row(rows, "llama.cpp", qtype, c["llama_cpp"])
-        what = {"t2i": "2 (t2i)", "chat": "1 (chat)", "t2i_text_head": "2 (text head)"}[c["llama_cpp"]]
+        what = {"t2i": "2 (t2i)", "chat": "1 (chat)", "t2i_text_head": "2 (text head)",
+                "t2i8": "8 (4 images)"}[c["llama_cpp"]]
         lines.append(f"| {c['precision']} | {what} | {c['ours_p50_ms']:.1f} ms | {c['llama_cpp_p50_ms']:.1f} ms | "
                      f"{c['llama_cpp_over_ours']:.2f}x | {a['weight_bytes_per_step'] / 1e6:.0f} / "
                      f"{b['weight_bytes_per_step'] / 1e6:.0f} MB | {a['floor_ratio']:.2f} / {b['floor_ratio']:.2f} |")
+    for r in rows:
+        if r["side"] == "transformers" and "decode_step_ms_p50" in r:
+            lines.append(f"| transformers fp32 | {r['rows']} ({r['phase']}) | {r['decode_step_ms_p50']:.1f} ms "
+                         f"(transformers) | | | {r['weight_bytes_per_step'] / 1e6:.0f} MB | "
+                         f"{r.get('floor_ratio', float('nan')):.2f} |")
     if result.get("llama_cpp_skipped"):
         lines.append(f"\nllama.cpp rows skipped: {result['llama_cpp_skipped']}")
     return "\n".join(lines)
@@ -374,7 +452,7 @@ def _bundle_arg(items: list[str]) -> dict:
     for it in items:
         prec, sep, path = it.partition("=")
         if not sep or not path:
-            raise InputError(f"--bundle takes PRECISION=DIR (fp32=..., int8=..., int4=...), got {it!r}")
+            raise InputError(f"--bundle takes PRECISION=DIR (fp32=..., int8=..., int4=..., int4-ort=...), got {it!r}")
         out[prec] = path
     return out
 
@@ -387,7 +465,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--phases", default=",".join(PHASES))
+    ap.add_argument("--phases", default="t2i,chat,t2i_text_head", help="of: " + ",".join(PHASES))
+    ap.add_argument("--checkpoint", default=None, help="also time transformers (fp32) on this checkpoint")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
@@ -396,7 +475,8 @@ def main(argv=None) -> int:
         return 0
     try:
         cfg = SideConfig(bundles=_bundle_arg(a.bundle), gguf_dir=a.gguf_dir, json_out=a.json, steps=a.steps,
-                         runs=a.runs, threads=a.threads, phases=[p for p in a.phases.split(",") if p])
+                         runs=a.runs, threads=a.threads, phases=[p for p in a.phases.split(",") if p],
+                         checkpoint=a.checkpoint)
         result = run(cfg)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

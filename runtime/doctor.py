@@ -68,6 +68,26 @@ def precisions(cc: tuple[int, int] | None, trt_ok: bool) -> list[str]:
     return ["fp32", "fp16", "int8", "int4"] + (["fp8"] if tuple(cc) >= FP8_MIN_CC else [])
 
 
+def _cpu_lib() -> Fact:
+    """libjanus_edge_cpu: the int4 lm's weight MatMuls on the CPU (runtime/cpu_split.py)."""
+    from .native import BackendUnavailable
+
+    name = "CPU int4 kernels"
+    try:
+        from . import cpu_split
+        from .cpu_kernels import load_cpu_lib
+
+        k = load_cpu_lib()
+        path = f"{k.best_isa} path, OpenMP {'on' if k.openmp else 'off'}"
+        if not cpu_split.enabled():
+            return Fact(name, f"built ({path}) but off ({cpu_split.ENV}=0): int4 lm graphs run ORT's MatMulNBits", None)
+        return Fact(name, f"ok ({path}): int4 lm graphs run their weight MatMuls in libjanus_edge_cpu", True)
+    except BackendUnavailable as e:
+        return Fact(name, f"not built ({str(e).split(':')[0]}): int4 lm graphs run ORT's MatMulNBits (slower)", None)
+    except Exception as e:  # noqa: BLE001 - doctor reports, never raises
+        return Fact(name, f"fails: {e}", False)
+
+
 def _host_lib() -> Fact:
     from .native import BackendUnavailable, load_host_lib
 
@@ -101,6 +121,7 @@ def collect() -> tuple[list[Fact], dict]:
         facts.append(Fact("onnxruntime", f"not usable ({e}): pip install onnxruntime", False))
     facts += _gpu_facts(s)
     facts.append(_host_lib())
+    facts.append(_cpu_lib())
     facts += _verdict_lines(s)
     return facts, s
 
