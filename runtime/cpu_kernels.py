@@ -104,7 +104,7 @@ def quantize_rows_twin(a: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarra
     """a float32 [M, K] -> (qa int32 [M, nb, B], sa float32 [M, nb]): symmetric int8 per row and block."""
     M, K = a.shape
     blocks = a.reshape(M, K // block, block).astype(np.float32)
-    amax = np.abs(blocks).max(axis=2)
+    amax = np.where(np.isnan(blocks), 0, np.abs(blocks)).max(axis=2)   # NaN skipped (and quantized to 0)
     with np.errstate(divide="ignore"):
         inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
     q = np.rint(blocks * inv[:, :, None]).astype(np.float32)

@@ -50,6 +50,15 @@ class Segment:
 
 
 @dataclass
+class NativeCall:
+    """One GEMM call: the weight MatMuls of a wave that read the same activation, their columns side by side (q/k/v,
+    gate/up: one pass over x and one thread split instead of 3 / 2)."""
+    x: str
+    packed: PackedQ4
+    outs: list            # (value name, first column, columns)
+
+
+@dataclass
 class Plan:
     steps: list          # Segment or list[WeightMatMul] (one wave), in run order
     matmuls: list        # every WeightMatMul
@@ -89,34 +98,65 @@ def find_weight_matmuls(model) -> list[WeightMatMul]:
 
 
 def plan(model, matmuls: list[WeightMatMul]) -> Plan:
-    """Cut the graph around `matmuls` (see the module docstring)."""
+    """Cut the graph around `matmuls` (see the module docstring). The waves come from running every node as soon as
+    its inputs are ready; each node then goes to the latest segment before its first use, so a value is made where
+    it is read (a Transpose of the cached keys lands beside its MatMul, which ORT then fuses, instead of being
+    copied out of the first segment for every layer)."""
     g = model.graph
     skip = {k for m in matmuls for k in m.nodes}
     # Constant nodes are copied into every segment that reads them (not computed once and handed along)
     consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
     rest = [n for k, n in enumerate(g.node) if k not in skip and n.op_type != "Constant"]
+    waves = _waves(g, rest, matmuls, consts)
+    W = len(waves)
+    wave_of = {m.x: w for w, wave in enumerate(waves) for m in wave}   # the first wave reading a value
+    for w, wave in enumerate(waves):
+        for m in wave:
+            wave_of[m.x] = min(wave_of[m.x], w)
+    outputs = {o.name for o in g.output}
+    first_use: dict[str, int] = {}   # value -> the earliest segment (or wave index: the segment before it) reading it
+    where = {}
+    for n in reversed(rest):
+        uses = [first_use[o] for o in n.output if o in first_use] + [wave_of[o] for o in n.output if o in wave_of]
+        uses += [W for o in n.output if o in outputs]
+        where[id(n)] = min(uses) if uses else W
+        for i in n.input:
+            first_use[i] = min(first_use.get(i, W), where[id(n)])
+    segs = [Segment() for _ in range(W + 1)]
+    for n in rest:
+        segs[where[id(n)]].nodes.append(n)
+    steps: list = []
+    for k, seg in enumerate(segs):
+        if seg.nodes:
+            steps.append(seg)
+        if k < W:
+            steps.append(waves[k])
+    _wire(g, steps, consts)
+    return Plan(steps, matmuls)
+
+
+def _waves(g, rest, matmuls, consts) -> list[list[WeightMatMul]]:
+    """The weight MatMuls in waves: each wave is every MatMul whose activation is ready once every node that can
+    run has run."""
     ready = {i.name for i in g.input} | {t.name for t in g.initializer} | {""} | set(consts)
-    pending, steps = list(matmuls), []
+    pending, waves = list(matmuls), []
     while rest or pending:
-        seg, left = Segment(), []
+        left, progressed = [], False
         for n in rest:
             if all(i in ready for i in n.input):
-                seg.nodes.append(n)
                 ready.update(n.output)
+                progressed = True
             else:
                 left.append(n)
         rest = left
-        if seg.nodes:
-            steps.append(seg)
         wave = [m for m in pending if m.x in ready]
-        if not wave and not seg.nodes:
+        if not wave and not progressed:
             raise ValueError(f"cannot order the graph around its int4 MatMuls ({len(rest)} nodes left)")
         if wave:
             pending = [m for m in pending if m.x not in ready]
             ready.update(m.y for m in wave)
-            steps.append(wave)
-    _wire(g, steps, consts)
-    return Plan(steps, matmuls)
+            waves.append(wave)
+    return waves
 
 
 def _wire(g, steps, consts) -> None:
@@ -166,9 +206,9 @@ class SplitGraph(Graph):
     """A graph run as ORT segments and native int4 GEMMs (see the module docstring); the Graph interface of
     runtime/backend.py, so the decode loop and the scheduler use it as they use an OrtGraph."""
 
-    def __init__(self, plan_: Plan, sessions: dict[int, object], packed: dict[str, PackedQ4], kern: CpuKernels,
-                 spec: GraphSpec, threads: int | None):
-        self.plan, self.sessions, self.packed, self.kern = plan_, sessions, packed, kern
+    def __init__(self, plan_: Plan, sessions: dict[int, object], native: dict[int, list[NativeCall]],
+                 kern: CpuKernels, spec: GraphSpec, threads: int | None):
+        self.plan, self.sessions, self.native, self.kern = plan_, sessions, native, kern
         self.spec, self.threads = spec, threads or 0
         self._outputs = [o.name for o in spec.outputs]
         self.calls = 0
@@ -192,11 +232,12 @@ class SplitGraph(Graph):
                 outs = self.sessions[i].run(st.outputs, {n: env[n] for n in st.inputs})
                 env.update(zip(st.outputs, outs))
                 continue
-            for m in st:
-                x = env[m.x]
-                p = self.packed[m.weight]
-                y = self.kern.gemm_q4(x.reshape(-1, p.K), p, self.threads)
-                env[m.y] = y.reshape(*x.shape[:-1], p.N)
+            for c in self.native[i]:
+                x = env[c.x]
+                y = self.kern.gemm_q4(x.reshape(-1, c.packed.K), c.packed, self.threads)
+                y = y.reshape(*x.shape[:-1], c.packed.N)
+                for name, col, n in c.outs:
+                    env[name] = y if n == c.packed.N else y[..., col:col + n]
         return env
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -229,14 +270,33 @@ def open_split(backend, path: str, spec: GraphSpec, so_factory: Callable[[], obj
     matmuls = find_weight_matmuls(model)
     p = plan(model, matmuls)
     inits = {t.name: t for t in model.graph.initializer}
-    packed = {}
-    for m in matmuls:
-        if m.weight not in packed:
-            w = numpy_helper.to_array(inits[m.weight]).astype(np.int8)
-            packed[m.weight] = kern.pack_q4(w, numpy_helper.to_array(inits[m.scale]))
+
+    def pack(m: WeightMatMul) -> PackedQ4:
+        w = numpy_helper.to_array(inits[m.weight]).astype(np.int8)
+        return kern.pack_q4(w, numpy_helper.to_array(inits[m.scale]))
+
+    native = {i: native_calls(st, pack) for i, st in enumerate(p.steps) if not isinstance(st, Segment)}
     types = value_types(path)
     ort = backend.ort
     sessions = {i: ort.InferenceSession(segment_model(model, st, types), so_factory(),
                                         providers=["CPUExecutionProvider"])
                 for i, st in enumerate(p.steps) if isinstance(st, Segment)}
-    return SplitGraph(p, sessions, packed, kern, spec, backend.threads)
+    return SplitGraph(p, sessions, native, kern, spec, backend.threads)
+
+
+def native_calls(wave: list[WeightMatMul], pack: Callable[[WeightMatMul], PackedQ4]) -> list[NativeCall]:
+    """A wave's MatMuls as GEMM calls: those reading the same activation with the same K and block in one call
+    (their packed tiles concatenated: every N but the last a multiple of the 16-column tile)."""
+    calls: list[NativeCall] = []
+    for m in wave:
+        p = pack(m)
+        last = calls[-1] if calls else None
+        if last is not None and last.x == m.x and last.packed.K == p.K and last.packed.block == p.block \
+                and last.packed.N % 16 == 0:
+            q = last.packed
+            last.packed = PackedQ4(np.concatenate([q.data, p.data]), np.concatenate([q.scales, p.scales]), q.K,
+                                   q.N + p.N, q.block)
+            last.outs.append((m.y, q.N, p.N))
+        else:
+            calls.append(NativeCall(m.x, p, [(m.y, 0, p.N)]))
+    return calls

@@ -143,8 +143,12 @@ class OrtBackend(Backend):
             kern = load_cpu_lib()
         except BackendUnavailable:
             return None  # not built: ORT's own kernels (the same math, slower)
-        return cpu_split.open_split(self, path, spec, lambda: self.graph_options(spec, session_config, precision),
-                                    kern)
+        def segment_options():
+            so = self.graph_options(spec, session_config, precision)
+            if os.environ.get("JE_SEG_THREADS"):
+                so.intra_op_num_threads = int(os.environ["JE_SEG_THREADS"])
+            return so
+        return cpu_split.open_split(self, path, spec, segment_options, kern)
 
     def graph_options(self, spec: GraphSpec, session_config: dict | None = None, precision: str | None = None):
         """The session options `open` gives this graph (also read by quant's calibration backend)."""

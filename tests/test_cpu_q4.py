@@ -17,7 +17,7 @@ from janus_edge.runtime.cpu_kernels import gemm_q4_twin
 REQUIRED = os.environ.get("JANUS_EDGE_REQUIRE_NATIVE") == "1"
 # (rows, K, N, block): 1-13 rows (row chunks of 8 for AVX-512, 4 for AVX2), a last tile of 1-15 columns, blocks 32-128
 SHAPES = [(1, 256, 16, 128), (2, 384, 40, 128), (3, 256, 48, 32), (8, 512, 64, 64), (9, 256, 33, 128),
-          (13, 128, 17, 32), (2, 2048, 96, 128)]
+          (13, 128, 17, 32), (2, 2048, 96, 128), (40, 192, 32, 24), (20, 128, 16, 8)]   # blocks of 24, 8: plain quantizer
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,19 @@ def test_every_path_equals_the_twin(kern, shape):
         got = kern.gemm_q4(a, packed, threads=2, isa=isa)
         assert got.dtype == np.float32 and got.shape == want.shape
         assert np.array_equal(got, want), f"{isa}: max |diff| {np.abs(got - want).max()}"
+
+
+def test_nan_activations_are_defined(kern):
+    """NaN activations (a broken model upstream) quantize to 0 and leave their block's scale to the other values,
+    on every path (the plain quantizer for blocks of 8, the AVX-512 one for blocks of 16k)."""
+    for B in (8, 64):
+        a, w, s = _case(3, 256, 32, B, seed=5)
+        a[0, 3], a[2, B:2 * B] = np.nan, np.nan      # one NaN; one all-NaN block
+        want = gemm_q4_twin(a, w, s)
+        assert np.isfinite(want).all()
+        packed = kern.pack_q4(w, s)
+        for isa in kern.isas:
+            assert np.array_equal(kern.gemm_q4(a, packed, isa=isa), want), (B, isa)
 
 
 def test_threads_do_not_change_the_bits(kern):
