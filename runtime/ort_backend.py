@@ -143,10 +143,12 @@ class OrtBackend(Backend):
             kern = load_cpu_lib()
         except BackendUnavailable:
             return None  # not built: ORT's own kernels (the same math, slower)
+        count = iter(range(1 << 30))
+
         def segment_options():
             so = self.graph_options(spec, session_config, precision)
-            if os.environ.get("JE_SEG_THREADS"):
-                so.intra_op_num_threads = int(os.environ["JE_SEG_THREADS"])
+            if so.enable_profiling:  # one profile file per segment session (a shared prefix collides)
+                so.profile_file_prefix += f"-{next(count)}"
             return so
         return cpu_split.open_split(self, path, spec, segment_options, kern)
 
