@@ -391,7 +391,8 @@ def _transformers(cfg: SideConfig, bw: float) -> list[dict]:
         b = BenchConfig(bundles=[first], task=task, steps=cfg.steps, runs=cfg.runs, threads=cfg.threads,
                         baseline="hf", checkpoint=cfg.checkpoint, warmup_steps=cfg.warmup_steps)
         r = _measure_baseline(b, sh, bw)
-        out.append({"side": "transformers", "precision": "fp32", "phase": task, **r})
+        out.append({"side": "transformers", "precision": "fp32", **r, "phase": task,
+                    "rows": r.get("rows", 1)})
         _log(f"transformers fp32 {task}: p50 {r.get('decode_step_ms_p50')} ms")
     return out
 
@@ -439,7 +440,7 @@ def table(result: dict) -> str:
                      f"{b['weight_bytes_per_step'] / 1e6:.0f} MB | {a['floor_ratio']:.2f} / {b['floor_ratio']:.2f} |")
     for r in rows:
         if r["side"] == "transformers" and "decode_step_ms_p50" in r:
-            lines.append(f"| transformers fp32 | {r['rows']} ({r['phase']}) | {r['decode_step_ms_p50']:.1f} ms "
+            lines.append(f"| transformers fp32 | {r.get('rows', 1)} ({r['phase']}) | {r['decode_step_ms_p50']:.1f} ms "
                          f"(transformers) | | | {r['weight_bytes_per_step'] / 1e6:.0f} MB | "
                          f"{r.get('floor_ratio', float('nan')):.2f} |")
     if result.get("llama_cpp_skipped"):
