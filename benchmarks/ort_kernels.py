@@ -171,7 +171,7 @@ def _native_runner(form, K, N, mb, threads):
     def call(x, y):
         for p in packed:
             kern.gemm_q4(x, p, t, isa, y)
-    return call, sum(p.nbytes for p in packed), L, {"isa": isa, "openmp": kern.openmp}
+    return call, sum(p.nbytes for p in packed), L, {"isa": isa, "threads": t or kern.default_threads}
 
 
 def kernels_run(form, K, N, threads) -> list[str]:

@@ -45,7 +45,7 @@ class CpuKernels:
     def __init__(self, lib: ct.CDLL):
         self.lib = lib
         _sig(lib.je_cpu_best_isa, _I)
-        _sig(lib.je_cpu_openmp, _I)
+        _sig(lib.je_cpu_default_threads, _I)
         _sig(lib.je_q4_packed_bytes, _I64, _I, _I, _I)
         _sig(lib.je_q4_packed_scales, _I64, _I, _I, _I)
         _sig(lib.je_q4_pack, _I, _P, _P, _I, _I, _I, _P, _P)
@@ -62,8 +62,9 @@ class CpuKernels:
         return ISAS[: self.lib.je_cpu_best_isa() + 1]
 
     @property
-    def openmp(self) -> bool:
-        return bool(self.lib.je_cpu_openmp())
+    def default_threads(self) -> int:
+        """Threads a call with threads=0 uses (the CPUs this process may run on)."""
+        return self.lib.je_cpu_default_threads()
 
     def pack_q4(self, w: np.ndarray, scale: np.ndarray) -> PackedQ4:
         w = np.ascontiguousarray(w, np.int8)

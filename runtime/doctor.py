@@ -78,7 +78,12 @@ def _cpu_lib() -> Fact:
         from .cpu_kernels import load_cpu_lib
 
         k = load_cpu_lib()
-        path = f"{k.best_isa} path, OpenMP {'on' if k.openmp else 'off'}"
+        path = f"{k.best_isa} path, up to {k.default_threads} threads"
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            return Fact(name, f"built ({path}) but the onnx package is missing (the graph cut reads it): int4 lm "
+                              "graphs run ORT's MatMulNBits", None)
         if not cpu_split.enabled():
             return Fact(name, f"built ({path}) but off ({cpu_split.ENV}=0): int4 lm graphs run ORT's MatMulNBits", None)
         return Fact(name, f"ok ({path}): int4 lm graphs run their weight MatMuls in libjanus_edge_cpu", True)

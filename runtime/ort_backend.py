@@ -125,7 +125,7 @@ class OrtBackend(Backend):
              precision: str | None = None) -> Graph:
         """precision: the manifest's `GraphEntry.precision` (float16 graphs get `low_memory_fp16`). The lm graph of
         an int4 bundle runs its weight MatMuls in libjanus_edge_cpu when it is built (runtime/cpu_split.py)."""
-        if spec.name in self.native_graphs and precision != "float16":
+        if spec.name in self.native_graphs and precision == "int4":
             split = self._open_split(path, spec, session_config, precision)
             if split is not None:
                 return split
@@ -139,10 +139,11 @@ class OrtBackend(Backend):
         if not cpu_split.enabled():
             return None
         try:
+            import onnx  # noqa: F401 - the cut needs the graph's nodes; a runtime-only install has no onnx
             from .cpu_kernels import load_cpu_lib
             kern = load_cpu_lib()
-        except BackendUnavailable:
-            return None  # not built: ORT's own kernels (the same math, slower)
+        except (ImportError, BackendUnavailable):
+            return None  # not built, or no onnx: ORT's own kernels (the same math, slower)
         count = iter(range(1 << 30))
 
         def segment_options():

@@ -84,6 +84,18 @@ def test_threads_do_not_change_the_bits(kern):
         assert np.array_equal(kern.gemm_q4(a, packed, threads=t), one)
 
 
+def test_the_thread_pool_under_many_calls(kern):
+    """Thousands of back-to-back calls, thread counts changing (workers created mid-run, more threads than CPUs) and
+    rows crossing the parallel-quantize threshold: every result exact (a worker that missed a call hung this)."""
+    a, w, s = _case(20, 256, 64, 128, seed=7)
+    want = gemm_q4_twin(a, w, s)
+    packed = kern.pack_q4(w, s)
+    for i in range(3000):
+        rows = (1, 2, 17, 20)[i % 4]
+        got = kern.gemm_q4(a[:rows], packed, threads=(1, 2, 3, 5, 0)[i % 5])
+        assert np.array_equal(got, want[:rows]), i
+
+
 def test_twin_is_the_dequantized_product_up_to_activation_rounding(kern):
     a, w, s = _case(4, 1024, 64, 128, seed=3)
     exact = _dequant_matmul(a, w, s)

@@ -15,14 +15,15 @@
 // the next 4. Tiles are contiguous: a thread streams its range of columns from memory once.
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define JE_X86 1
 #endif
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <thread>
+
+#include "cpu_pool.h"
 #ifndef JE_PREFETCH_BYTES
 #define JE_PREFETCH_BYTES 2048
 #endif
@@ -109,18 +110,15 @@ __attribute__((target("avx512f,avx512bw"))) void quantize_block_avx512(const flo
 }
 #endif
 
-// Per row and block; rows spread over the threads (prefill: hundreds of rows).
-void quantize_rows(const float* A, int M, int K, int B, int8_t* q, float* sa, int32_t* sums, int nthr) {
+// Rows [m0, m1), per block.
+void quantize_rows(const float* A, int m0, int m1, int K, int B, int8_t* q, float* sa, int32_t* sums) {
     const int nb = K / B;
 #ifdef JE_X86
     const bool wide = BEST_ISA == AVX512VNNI && B % 16 == 0;
 #else
     const bool wide = false;
 #endif
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nthr) if (M >= 16)
-#endif
-    for (int m = 0; m < M; ++m)
+    for (int m = m0; m < m1; ++m)
         for (int b = 0; b < nb; ++b) {
             const size_t off = (size_t)m * K + (size_t)b * B;
 #ifdef JE_X86
@@ -131,7 +129,6 @@ void quantize_rows(const float* A, int M, int K, int B, int8_t* q, float* sa, in
 #endif
             quantize_block(A + off, B, q + off, sa + m * nb + b, sums + m * nb + b);
         }
-    (void)nthr;
 }
 
 // ---- one tile (16 columns) x MR rows: plain C++ -------------------------------------------------------------------
@@ -293,12 +290,10 @@ int je_cpu_abi_version() { return 1; }
 // 2 = AVX-512 VNNI, 1 = AVX2, 0 = plain C++: the best path this CPU runs.
 int je_cpu_best_isa() { return BEST_ISA; }
 
-int je_cpu_openmp() {
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
+// Threads a call uses when asked for 0: the CPUs this process may run on.
+int je_cpu_default_threads() {
+    const unsigned n = std::thread::hardware_concurrency();
+    return n ? (int)n : 1;
 }
 
 // Bytes of the packed weights and floats of the packed scales for a K x N int4 matrix in blocks of B.
@@ -342,8 +337,8 @@ int je_q4_pack(const int8_t* w, const float* scale, int K, int N, int B, uint8_t
 }
 
 // Y [M, N] = A [M, K] @ W. scratch: M*K int8 + 2*M*(K/B) 4-byte values (je_q4_scratch_bytes), or null (allocated
-// here). isa: -1 = the best this CPU has, else one of the paths (one the CPU lacks returns -3). threads <= 0: the
-// OpenMP default. Returns 0, or -1 (bad sizes), -3.
+// here). isa: -1 = the best this CPU has, else one of the paths (one the CPU lacks returns -3). threads <= 0: every
+// CPU (je_cpu_default_threads); the threads are cpu_pool.h's. Returns 0, or -1 (bad sizes), -3.
 int64_t je_q4_scratch_bytes(int M, int K, int B) {
     if (M <= 0 || !valid(K, 1, B)) return -1;
     return (int64_t)M * K + 8 * (int64_t)M * (K / B);
@@ -361,22 +356,19 @@ int je_q4_gemm(const float* A, int M, int K, const uint8_t* packed, const float*
     float* sa = (float*)mem;
     int32_t* sums = (int32_t*)(mem + 4 * (size_t)M * nb);
     int8_t* q = (int8_t*)(mem + 8 * (size_t)M * nb);
-#ifdef _OPENMP
-    const int nthr = threads > 0 ? threads : omp_get_max_threads();
-#else
-    const int nthr = 1;
-#endif
-    quantize_rows(A, M, K, B, q, sa, sums, nthr);
+    const int nthr = std::max(1, std::min(threads > 0 ? threads : je_cpu_default_threads(), nt));
+    je::Pool& pool = je::Pool::get();
+    const int qthr = M >= 16 ? std::min(nthr, M) : 1;  // prefill: rows over the threads
+    pool.run(qthr, [&](int i) { quantize_rows(A, M * i / qthr, M * (i + 1) / qthr, K, B, q, sa, sums); });
     const QuantA qa{q, sa, sums};
     const size_t tile_bytes = (size_t)K / 2 * TILE, tile_scales = (size_t)nb * TILE;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nthr)
-#endif
-    for (int t = 0; t < nt; ++t) {
-        const int ncols = N - t * TILE < TILE ? N - t * TILE : TILE;
-        run_tile(isa, packed + t * tile_bytes, packed_scale + t * tile_scales, qa, M, K, B, Y + (size_t)t * TILE, N,
-                 ncols);
-    }
+    pool.run(nthr, [&](int i) {  // a contiguous range of tiles per thread: one stream each
+        for (int t = nt * i / nthr; t < nt * (i + 1) / nthr; ++t) {
+            const int ncols = N - t * TILE < TILE ? N - t * TILE : TILE;
+            run_tile(isa, packed + t * tile_bytes, packed_scale + t * tile_scales, qa, M, K, B, Y + (size_t)t * TILE,
+                     N, ncols);
+        }
+    });
     delete[] owned;
     return 0;
 }
