@@ -6,6 +6,7 @@ JANUS_EDGE_REQUIRE_NATIVE=1 (CI builds it), where a missing library fails. Speed
 `python -m janus_edge.benchmarks.ort_kernels --forms native_q4_b128 int4_b128_acc4`, never here.
 """
 import os
+import time
 
 import numpy as np
 import pytest
@@ -136,6 +137,28 @@ def test_matches_onnxruntime_matmulnbits(kern, shape):
     theirs = _ort_matmulnbits(a, w, s)
     scale = np.abs(_dequant_matmul(a, w, s)).max()
     assert np.abs(ours - theirs).max() <= 1e-5 * scale
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_gets_its_own_threads(kern):
+    """After fork() the child has none of the parent's pool threads: a multi-threaded call there must still finish
+    (a stale pool would wait forever for workers that do not exist)."""
+    a, w, s = _case(4, 256, 64, 128)
+    packed = kern.pack_q4(w, s)
+    want = kern.gemm_q4(a, packed, threads=2)          # the parent's pool now has a worker
+    pid = os.fork()
+    if pid == 0:
+        ok = np.array_equal(kern.gemm_q4(a, packed, threads=2), want)
+        os._exit(0 if ok else 1)
+    for _ in range(200):                                 # 20 s at most
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child's GEMM call did not finish in 20 s")
 
 
 def test_bad_input_is_refused(kern):

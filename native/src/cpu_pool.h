@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <pthread.h>
 #include <thread>
 #include <vector>
 #if defined(__x86_64__) || defined(__i386__)
@@ -24,9 +25,14 @@ class Pool {
   public:
     static constexpr int SPIN_US = 20;
 
+    // The process's pool, never destroyed (its threads sleep until the process ends). A child made by fork() has
+    // none of the parent's threads: it gets a fresh pool (the parent's object is left untouched, leaked).
     static Pool& get() {
-        static Pool* pool = new Pool;  // never destroyed: its threads sleep until the process ends
-        return *pool;
+        static std::once_flag once;
+        std::call_once(once, [] { pthread_atfork(nullptr, nullptr, [] { current() = nullptr; }); });
+        Pool*& p = current();
+        if (p == nullptr) p = new Pool;
+        return *p;
     }
 
     // part(i) for i in [0, n); the calling thread runs part 0 and returns when all parts are done.
@@ -52,6 +58,11 @@ class Pool {
     int workers() const { return (int)threads_.size(); }
 
   private:
+    static Pool*& current() {
+        static Pool* p = nullptr;
+        return p;
+    }
+
     void grow(int workers) {  // before the call's generation is published: a new worker must not skip it
         const uint64_t now = gen_.load(std::memory_order_acquire);
         while ((int)threads_.size() < workers) {
