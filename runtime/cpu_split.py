@@ -207,8 +207,10 @@ class SplitGraph(Graph):
     runtime/backend.py, so the decode loop and the scheduler use it as they use an OrtGraph."""
 
     def __init__(self, plan_: Plan, sessions: dict[int, object], native: dict[int, list[NativeCall]],
-                 kern: CpuKernels, spec: GraphSpec, threads: int | None):
+                 kern: CpuKernels, spec: GraphSpec, threads: int | None,
+                 census: Callable[[object], dict[str, int]] | None = None):
         self.plan, self.sessions, self.native, self.kern = plan_, sessions, native, kern
+        self._session_census = census  # session -> {op type: runs} (the backend's profiler reader)
         self.spec, self.threads = spec, threads or 0
         self._outputs = [o.name for o in spec.outputs]
         self.calls = 0
@@ -218,11 +220,9 @@ class SplitGraph(Graph):
         """OrtGraph.kernels() of every segment (ORT's profiler, when the backend's kernel_census was on) plus the
         native GEMM's calls so far (frozen at the first call, as ORT's census is)."""
         if self._census is None:
-            from .ort_backend import OrtGraph
-
             self._census = {KERNEL: len(self.plan.matmuls) * self.calls}
             for sess in self.sessions.values():
-                for op, n in OrtGraph(sess, self.spec).kernels().items():
+                for op, n in (self._session_census(sess) if self._session_census else {}).items():
                     self._census[op] = self._census.get(op, 0) + n
         return dict(self._census)
 
@@ -258,7 +258,8 @@ class SplitGraph(Graph):
         return run
 
 
-def open_split(backend, path: str, spec: GraphSpec, so_factory: Callable[[], object], kern: CpuKernels):
+def open_split(backend, path: str, spec: GraphSpec, so_factory: Callable[[], object], kern: CpuKernels,
+               census: Callable[[object], dict[str, int]] | None = None):
     """-> SplitGraph, or None when the graph has no int4 weight MatMul this kernel takes."""
     import onnx
     from onnx import numpy_helper
@@ -281,7 +282,7 @@ def open_split(backend, path: str, spec: GraphSpec, so_factory: Callable[[], obj
     sessions = {i: ort.InferenceSession(segment_model(model, st, types), so_factory(),
                                         providers=["CPUExecutionProvider"])
                 for i, st in enumerate(p.steps) if isinstance(st, Segment)}
-    return SplitGraph(p, sessions, native, kern, spec, backend.threads)
+    return SplitGraph(p, sessions, native, kern, spec, backend.threads, census)
 
 
 def native_calls(wave: list[WeightMatMul], pack: Callable[[WeightMatMul], PackedQ4]) -> list[NativeCall]:

@@ -151,7 +151,8 @@ class OrtBackend(Backend):
             if so.enable_profiling:  # one profile file per segment session (a shared prefix collides)
                 so.profile_file_prefix += f"-{next(count)}"
             return so
-        return cpu_split.open_split(self, path, spec, segment_options, kern)
+        return cpu_split.open_split(self, path, spec, segment_options, kern,
+                                    census=lambda sess: OrtGraph(sess, spec).kernels())
 
     def graph_options(self, spec: GraphSpec, session_config: dict | None = None, precision: str | None = None):
         """The session options `open` gives this graph (also read by quant's calibration backend)."""
