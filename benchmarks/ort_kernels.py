@@ -150,8 +150,9 @@ def _session(form, K, N, L, threads, profile_dir=None):
     return sess, nbytes, cfg
 
 
-def _native(form, K, N, L, seed=0):
-    """L packed int4 weights for libjanus_edge_cpu (one random matrix, L copies in memory) -> (kernels, packed list)."""
+def _native_runner(form, K, N, mb, threads, seed=0):
+    """libjanus_edge_cpu's GEMM over L packed int4 weights (one random matrix packed once, L copies in memory, L
+    chosen as for the ORT forms) -> (call, weight bytes, L, config)."""
     from janus_edge.runtime.cpu_kernels import PackedQ4, load_cpu_lib
 
     kern = load_cpu_lib()
@@ -159,13 +160,8 @@ def _native(form, K, N, L, seed=0):
     B = form["block"]
     p = kern.pack_q4(rng.integers(-8, 8, (K, N)).astype(np.int8),
                      (rng.random((K // B, N), dtype=np.float32) * 0.01 + 0.001).astype(np.float32))
-    return kern, [PackedQ4(p.data.copy(), p.scales.copy(), K, N, B) for _ in range(L)]
-
-
-def _native_runner(form, K, N, mb, threads):
-    kern, one = _native(form, K, N, 1)
-    L = max(1, -(-mb * 2**20 // one[0].nbytes))
-    kern, packed = _native(form, K, N, L)
+    L = max(1, -(-mb * 2**20 // p.nbytes))
+    packed = [PackedQ4(p.data.copy(), p.scales.copy(), K, N, B) for _ in range(L)]
     t, isa = form.get("threads", threads), form.get("isa", kern.best_isa)
 
     def call(x, y):

@@ -68,6 +68,25 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1") != "0"
 
 
+def unavailable() -> str | None:
+    """Why int4 lm graphs cannot run through the native GEMM here (the plain ORT graph then), or None."""
+    from janus_edge.errors import BackendUnavailable
+
+    from .cpu_kernels import load_cpu_lib
+
+    try:
+        load_cpu_lib()
+    except BackendUnavailable as e:
+        return f"not built ({str(e).split(':')[0]})"
+    try:
+        import onnx  # noqa: F401 - the cut reads the graph's nodes; a runtime-only install has no onnx
+    except ImportError:
+        return "the onnx package is missing (the graph cut reads it)"
+    if not enabled():
+        return f"off ({ENV}=0)"
+    return None
+
+
 def find_weight_matmuls(model) -> list[WeightMatMul]:
     g = model.graph
     inits = {t.name: t for t in g.initializer}
@@ -109,10 +128,7 @@ def plan(model, matmuls: list[WeightMatMul]) -> Plan:
     rest = [n for k, n in enumerate(g.node) if k not in skip and n.op_type != "Constant"]
     waves = _waves(g, rest, matmuls, consts)
     W = len(waves)
-    wave_of = {m.x: w for w, wave in enumerate(waves) for m in wave}   # the first wave reading a value
-    for w, wave in enumerate(waves):
-        for m in wave:
-            wave_of[m.x] = min(wave_of[m.x], w)
+    wave_of = {m.x: w for w, wave in enumerate(waves) for m in wave}  # one wave reads a value: all once it is ready
     outputs = {o.name for o in g.output}
     first_use: dict[str, int] = {}   # value -> the earliest segment (or wave index: the segment before it) reading it
     where = {}
@@ -191,12 +207,11 @@ def segment_model(model, seg: Segment, types: dict[str, int]) -> bytes:
     return m.SerializeToString()
 
 
-def value_types(path: str) -> dict[str, int]:
-    """Element type of every value of the graph (shape inference on the file without its weights)."""
+def value_types(model) -> dict[str, int]:
+    """Element type of every value of the graph (shape inference; run it before the weights are loaded)."""
     import onnx
 
-    m = onnx.shape_inference.infer_shapes(onnx.load(path, load_external_data=False))
-    g = m.graph
+    g = onnx.shape_inference.infer_shapes(model).graph
     out = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input) + list(g.output)}
     out.update({t.name: t.data_type for t in g.initializer})
     return out
@@ -263,12 +278,14 @@ def open_split(backend, path: str, spec: GraphSpec, so_factory: Callable[[], obj
     """-> SplitGraph, or None when the graph has no int4 weight MatMul this kernel takes."""
     import onnx
     from onnx import numpy_helper
+    from onnx.external_data_helper import load_external_data_for_model
 
-    head = onnx.load(path, load_external_data=False)
-    if not find_weight_matmuls(head):
-        return None
-    model = onnx.load(path)  # with its weights
+    model = onnx.load(path, load_external_data=False)  # parsed once: nodes first, the weights only when needed
     matmuls = find_weight_matmuls(model)
+    if not matmuls:
+        return None
+    types = value_types(model)
+    load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
     p = plan(model, matmuls)
     inits = {t.name: t for t in model.graph.initializer}
 
@@ -277,7 +294,6 @@ def open_split(backend, path: str, spec: GraphSpec, so_factory: Callable[[], obj
         return kern.pack_q4(w, numpy_helper.to_array(inits[m.scale]))
 
     native = {i: native_calls(st, pack) for i, st in enumerate(p.steps) if not isinstance(st, Segment)}
-    types = value_types(path)
     ort = backend.ort
     sessions = {i: ort.InferenceSession(segment_model(model, st, types), so_factory(),
                                         providers=["CPUExecutionProvider"])
@@ -288,16 +304,21 @@ def open_split(backend, path: str, spec: GraphSpec, so_factory: Callable[[], obj
 def native_calls(wave: list[WeightMatMul], pack: Callable[[WeightMatMul], PackedQ4]) -> list[NativeCall]:
     """A wave's MatMuls as GEMM calls: those reading the same activation with the same K and block in one call
     (their packed tiles concatenated: every N but the last a multiple of the 16-column tile)."""
-    calls: list[NativeCall] = []
+    groups: list[list[tuple[WeightMatMul, PackedQ4]]] = []
     for m in wave:
         p = pack(m)
-        last = calls[-1] if calls else None
-        if last is not None and last.x == m.x and last.packed.K == p.K and last.packed.block == p.block \
-                and last.packed.N % 16 == 0:
-            q = last.packed
-            last.packed = PackedQ4(np.concatenate([q.data, p.data]), np.concatenate([q.scales, p.scales]), q.K,
-                                   q.N + p.N, q.block)
-            last.outs.append((m.y, q.N, p.N))
+        last = groups[-1][-1] if groups else None
+        if last is not None and last[0].x == m.x and last[1].K == p.K and last[1].block == p.block \
+                and last[1].N % 16 == 0:
+            groups[-1].append((m, p))
         else:
-            calls.append(NativeCall(m.x, p, [(m.y, 0, p.N)]))
+            groups.append([(m, p)])
+    calls = []
+    for group in groups:
+        ps = [p for _, p in group]
+        cols = np.cumsum([0] + [p.N for p in ps])
+        packed = ps[0] if len(ps) == 1 else PackedQ4(np.concatenate([p.data for p in ps]),
+                                                      np.concatenate([p.scales for p in ps]), ps[0].K,
+                                                      int(cols[-1]), ps[0].block)
+        calls.append(NativeCall(group[0][0].x, packed, [(m.y, int(c), p.N) for (m, p), c in zip(group, cols)]))
     return calls

@@ -70,25 +70,18 @@ def precisions(cc: tuple[int, int] | None, trt_ok: bool) -> list[str]:
 
 def _cpu_lib() -> Fact:
     """libjanus_edge_cpu: the int4 lm's weight MatMuls on the CPU (runtime/cpu_split.py)."""
-    from .native import BackendUnavailable
-
     name = "CPU int4 kernels"
     try:
         from . import cpu_split
+
+        why = cpu_split.unavailable()
+        if why:
+            return Fact(name, f"{why}: int4 lm graphs run ORT's MatMulNBits (slower)", None)
         from .cpu_kernels import load_cpu_lib
 
         k = load_cpu_lib()
-        path = f"{k.best_isa} path, up to {k.default_threads} threads"
-        try:
-            import onnx  # noqa: F401
-        except ImportError:
-            return Fact(name, f"built ({path}) but the onnx package is missing (the graph cut reads it): int4 lm "
-                              "graphs run ORT's MatMulNBits", None)
-        if not cpu_split.enabled():
-            return Fact(name, f"built ({path}) but off ({cpu_split.ENV}=0): int4 lm graphs run ORT's MatMulNBits", None)
-        return Fact(name, f"ok ({path}): int4 lm graphs run their weight MatMuls in libjanus_edge_cpu", True)
-    except BackendUnavailable as e:
-        return Fact(name, f"not built ({str(e).split(':')[0]}): int4 lm graphs run ORT's MatMulNBits (slower)", None)
+        return Fact(name, f"ok ({k.best_isa} path, up to {k.default_threads} threads): int4 lm graphs run their "
+                          "weight MatMuls in libjanus_edge_cpu", True)
     except Exception as e:  # noqa: BLE001 - doctor reports, never raises
         return Fact(name, f"fails: {e}", False)
 

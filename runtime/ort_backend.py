@@ -136,14 +136,11 @@ class OrtBackend(Backend):
     def _open_split(self, path, spec, session_config, precision):
         from . import cpu_split
 
-        if not cpu_split.enabled():
-            return None
-        try:
-            import onnx  # noqa: F401 - the cut needs the graph's nodes; a runtime-only install has no onnx
-            from .cpu_kernels import load_cpu_lib
-            kern = load_cpu_lib()
-        except (ImportError, BackendUnavailable):
-            return None  # not built, or no onnx: ORT's own kernels (the same math, slower)
+        if cpu_split.unavailable():
+            return None  # not built, no onnx, or turned off: ORT's own kernels (the same math, slower)
+        from .cpu_kernels import load_cpu_lib
+
+        kern = load_cpu_lib()
         count = iter(range(1 << 30))
 
         def segment_options():

@@ -11,11 +11,12 @@ import time
 import numpy as np
 import pytest
 
-from janus_edge.errors import BackendUnavailable, InputError
+from native_libs import load_or_skip
+
+from janus_edge.errors import InputError
 from janus_edge.runtime import cpu_kernels, native
 from janus_edge.runtime.cpu_kernels import gemm_q4_twin
 
-REQUIRED = os.environ.get("JANUS_EDGE_REQUIRE_NATIVE") == "1"
 # (rows, K, N, block): 1-13 rows (row chunks of 8 for AVX-512, 4 for AVX2), a last tile of 1-15 columns, blocks 32-128
 SHAPES = [(1, 256, 16, 128), (2, 384, 40, 128), (3, 256, 48, 32), (8, 512, 64, 64), (9, 256, 33, 128),
           (13, 128, 17, 32), (2, 2048, 96, 128), (40, 192, 32, 24), (20, 128, 16, 8)]   # blocks of 24, 8: plain quantizer
@@ -23,12 +24,7 @@ SHAPES = [(1, 256, 16, 128), (2, 384, 40, 128), (3, 256, 48, 32), (8, 512, 64, 6
 
 @pytest.fixture(scope="module")
 def kern():
-    try:
-        return cpu_kernels.load_cpu_lib()
-    except BackendUnavailable as e:
-        if REQUIRED:
-            pytest.fail(f"JANUS_EDGE_REQUIRE_NATIVE=1 but {e}")
-        pytest.skip(f"CPU kernel library not built: {e}")
+    return load_or_skip(cpu_kernels.load_cpu_lib, "CPU kernel library")
 
 
 def _case(rows, K, N, B, seed=0):

@@ -14,25 +14,17 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from graph_feeds import random_feeds  # noqa: E402
+from native_libs import load_or_skip  # noqa: E402
 from test_quant import SMALL_CALIB, _q  # noqa: E402
 
-from janus_edge.errors import BackendUnavailable  # noqa: E402
 from janus_edge.runtime import cpu_split  # noqa: E402
 from janus_edge.runtime.bundle import Bundle  # noqa: E402
+from janus_edge.runtime.cpu_kernels import load_cpu_lib  # noqa: E402
 from janus_edge.runtime.ort_backend import OrtBackend, OrtGraph  # noqa: E402
-
-REQUIRED = os.environ.get("JANUS_EDGE_REQUIRE_NATIVE") == "1"
-
 
 @pytest.fixture(scope="module")
 def int4_fp32_cache(tiny_bundle, tmp_path_factory):
-    try:
-        from janus_edge.runtime.cpu_kernels import load_cpu_lib
-        load_cpu_lib()
-    except BackendUnavailable as e:
-        if REQUIRED:
-            pytest.fail(f"JANUS_EDGE_REQUIRE_NATIVE=1 but {e}")
-        pytest.skip(f"CPU kernel library not built: {e}")
+    load_or_skip(load_cpu_lib, "CPU kernel library")
     return _q(tiny_bundle, tmp_path_factory.mktemp("q") / "int4", mode="int4", extra=SMALL_CALIB)
 
 

@@ -15,6 +15,7 @@ from janus_edge.runtime import native
 from janus_edge.runtime.philox import draw_u32, u01
 from janus_edge.runtime.sampling import (SamplingConfig, SeededSampler, cfg_combine, exp_f32, kept_mask, order_keys,
                                          sample, sanitize, weights)
+from native_libs import load_or_skip
 from test_philox import KAT
 
 REQUIRED = os.environ.get("JANUS_EDGE_REQUIRE_NATIVE") == "1"
@@ -22,12 +23,7 @@ REQUIRED = os.environ.get("JANUS_EDGE_REQUIRE_NATIVE") == "1"
 
 @pytest.fixture(scope="module")
 def host():
-    try:
-        return native.load_host_lib()
-    except BackendUnavailable as e:
-        if REQUIRED:
-            pytest.fail(f"JANUS_EDGE_REQUIRE_NATIVE=1 but {e}")
-        pytest.skip(f"host library not built: {e}")
+    return load_or_skip(native.load_host_lib, "host library")
 
 
 def test_host_library_is_built_when_required(host):

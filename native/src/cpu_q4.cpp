@@ -32,7 +32,8 @@ namespace {
 
 constexpr int TILE = 16;   // columns per tile
 constexpr int VEC = 64;    // bytes per packed vector (8 k x 16 columns of int4)
-constexpr int MAX_ROWS = 8;
+constexpr int MAX_ROWS = 8;       // rows a VNNI / plain tile call holds
+constexpr int AVX2_MAX_ROWS = 4;  // an AVX2 one (16 ymm registers)
 // Software prefetch distance (bytes ahead in a tile's stream): one core's hardware prefetcher alone kept the VNNI
 // path at ~7.7 GB/s a core on Pro-1B's weights (2 rows), below both its in-cache rate (~18) and DRAM's.
 constexpr int PREFETCH = JE_PREFETCH_BYTES;
@@ -253,7 +254,6 @@ TileFn vnni_fn(int mr) {
                                            tile_vnni<5>, tile_vnni<6>, tile_vnni<7>, tile_vnni<8>};
     return t[mr];
 }
-constexpr int AVX2_MAX_ROWS = 4;  // 16 ymm registers
 TileFn avx2_fn(int mr) {
     static const TileFn t[AVX2_MAX_ROWS + 1] = {nullptr, tile_avx2<1>, tile_avx2<2>, tile_avx2<3>, tile_avx2<4>};
     return t[mr];
@@ -263,7 +263,7 @@ TileFn avx2_fn(int mr) {
 // All rows of one tile, in chunks the path's registers hold (the tile's weights stay in cache between chunks).
 void run_tile(int isa, const uint8_t* wt, const float* st, const QuantA& qa, int M, int K, int B, float* Y, int ldy,
               int ncols) {
-    const int chunk = isa == AVX512VNNI ? MAX_ROWS : (isa == AVX2 ? 4 : MAX_ROWS);
+    const int chunk = isa == AVX2 ? AVX2_MAX_ROWS : MAX_ROWS;
     const int nb = K / B;
     for (int m0 = 0; m0 < M; m0 += chunk) {
         const int mr = M - m0 < chunk ? M - m0 : chunk;
